@@ -1,0 +1,32 @@
+# The two quickstart commands are `make demo` and `make test`; both install
+# everything they need first (apt packages, then a venv with pinned deps).
+SHELL := /bin/bash
+VENV := .venv
+PYTHON ?= python3
+APT_PACKAGES := systemd-container mmdebstrap nftables iproute2 openssh-client curl wrk
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test setup lint clean
+
+demo: setup
+	$(VENV)/bin/fab lab.up
+	$(VENV)/bin/fab lab.check
+
+test: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/pytest
+
+setup: $(STAMP)
+
+$(STAMP): requirements.lock pyproject.toml
+	@dpkg -s $(APT_PACKAGES) >/dev/null 2>&1 || { \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES); }
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --disable-pip-version-check -r requirements.lock
+	touch $@
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf $(VENV)

@@ -1,0 +1,86 @@
+"""Glue between Fabric tasks and the runner: options, host selection, exit codes.
+
+Example (a task in ``fabfile.py``)::
+
+    @task
+    def deploy(c, inventory=None, limit=None, check=False):
+        cli.run_play(c, Play("deploy", [python, app, uwsgi, nginx]), inventory=inventory,
+                     limit=limit, check=check)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from invoke import Exit
+
+from keel.errors import KeelError
+from keel.inventory import HostSpec, Inventory
+from keel.runner import Play, RunOptions, failed, run_play
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+DEFAULT_INVENTORY = PROJECT_DIR / "inventory" / "lab.yml"
+
+#: Help for the options every play task takes (``fab -h deploy``).
+OPTION_HELP = {
+    "inventory": "inventory file or dir (default inventory/lab.yml)",
+    "limit": "host pattern: name, group, 'a,b', '!excluded', 'web*'",
+    "check": "plan only: show what would change, change nothing",
+    "parallel": "hosts at once (default 10)",
+    "serial": "hosts per batch (default: all in one batch)",
+    "max_fail": "failed hosts a batch may have before the rest are skipped (default 0)",
+    "stats": "show round trips, commands and timings per host",
+    "json": "write per-host, per-operation results to this JSON file",
+    "diff": "show diffs of changed files",
+    "verbose": "show unchanged operations too",
+    "extra_vars": "extra variables as JSON, highest precedence",
+}
+
+
+def select_hosts(c: Any, inventory: str | None, limit: str | None) -> list[HostSpec]:
+    """Hosts from ``-H`` (Fabric's ad-hoc hosts) or from the inventory and ``--limit``."""
+    try:
+        if getattr(c, "host", None):  # `fab -H user@host:port task`
+            adhoc = f"{c.user}@{c.host}:{c.port}" if c.user else f"{c.host}:{c.port}"
+            return Inventory.from_hosts([adhoc]).hosts(limit)
+        path = Path(inventory) if inventory else DEFAULT_INVENTORY
+        if not inventory and not path.exists():
+            raise Exit(f"no inventory: {path} does not exist (run 'fab lab.up' or pass "
+                       "--inventory)", code=2)
+        hosts = Inventory.load(path).hosts(limit)
+    except KeelError as exc:
+        raise Exit(str(exc), code=2) from None
+    if not hosts:
+        raise Exit(f"no hosts match {limit!r}", code=2)
+    return hosts
+
+
+def options(
+    c: Any, *, check: bool = False, parallel: int = 10, serial: int = 0, max_fail: int = 0,
+    stats: bool = False, json_path: str | None = None, diff: bool = False,
+    verbose: bool = False, extra_vars: str | None = None,
+) -> RunOptions:
+    try:
+        extra = json.loads(extra_vars) if extra_vars else {}
+    except json.JSONDecodeError as exc:
+        raise Exit(f"--extra-vars: not valid JSON: {exc}", code=2) from None
+    sudo = getattr(getattr(c, "config", None), "sudo", None)
+    password = getattr(sudo, "password", None) if sudo is not None else None
+    return RunOptions(
+        check=check, parallel=int(parallel), serial=int(serial), max_fail=int(max_fail),
+        stats=stats, diff=diff or check, verbose=verbose,
+        json_path=Path(json_path) if json_path else None, sudo_password=password,
+        extra_vars={"project_dir": str(PROJECT_DIR), **extra},
+    )
+
+
+def run(c: Any, play: Play, *, inventory: str | None = None, limit: str | None = None,
+        **opts: Any) -> None:
+    """Run ``play`` on the selected hosts; exit non-zero if any host failed."""
+    hosts = select_hosts(c, inventory, limit)
+    outcomes = run_play(hosts, play, options(c, **opts))
+    if failed(outcomes):
+        bad = [o for o in outcomes if o.failed or o.unreachable or o.skipped]
+        raise Exit(f"{play.name}: {len(bad)} of {len(outcomes)} host(s) failed", code=2)

@@ -1,0 +1,217 @@
+"""The per-host context that operations run against during a play.
+
+A :class:`Host` holds the connection, the facts, the merged variables, check
+mode, the results so far and the handlers notified. Roles receive it and pass
+it to operations; they never talk to the connection themselves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import jinja2
+
+from keel.connection import CommandResult, Connection
+from keel.errors import OperationError, TemplateError
+from keel.facts import PENDING_HANDLERS, STATE_DIR, Facts
+from keel.inventory import HostSpec
+from keel.operation import Change, Fail, NoChange, OpGenerator, Probe, Result, q
+
+if TYPE_CHECKING:
+    from keel.output import Reporter
+
+Handler = Callable[["Host"], Any]
+
+
+class Host:
+    """One host during one run. Not shared between threads."""
+
+    def __init__(
+        self,
+        spec: HostSpec,
+        conn: Connection,
+        facts: Facts,
+        vars: Mapping[str, Any],
+        *,
+        check: bool = False,
+        template_dirs: list[Path] | None = None,
+        reporter: Reporter | None = None,
+    ) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self.conn = conn
+        self.facts = facts
+        self.vars: dict[str, Any] = dict(vars)
+        self.check = check
+        self.results: list[Result] = []
+        self.notified: list[str] = list(facts.pending_handlers)
+        self.handled: list[str] = []
+        self.reporter = reporter
+        self._jinja = jinja2.Environment(
+            loader=jinja2.FileSystemLoader([str(d) for d in template_dirs or []]),
+            undefined=jinja2.StrictUndefined,
+            trim_blocks=True,
+            lstrip_blocks=True,
+            keep_trailing_newline=True,
+            autoescape=False,
+        )
+
+    # ---------------------------------------------------------- operations
+    def apply(self, op: str, target: str, gen: OpGenerator, notify: list[str]) -> Result:
+        """Probe, decide and (unless in check mode) change; record the result."""
+        try:
+            probe = next(gen)
+            while True:
+                probe = gen.send(self._probe(probe))
+        except StopIteration as stop:
+            outcome = stop.value
+        if isinstance(outcome, NoChange):
+            result = Result(self.name, op, target, False, outcome.reason, check=self.check)
+        elif isinstance(outcome, Fail):
+            result = Result(self.name, op, target, False, outcome.reason, failed=True,
+                            error=outcome.reason, check=self.check)
+        else:
+            result = self._change(op, target, outcome, notify)
+        self.results.append(result)
+        if self.reporter:
+            self.reporter.result(result)
+        if result.failed:
+            raise OperationError(self.name, f"{op} {target}: {result.error}")
+        return result
+
+    def _probe(self, probe: Probe) -> CommandResult:
+        return self.conn.run(probe.script)
+
+    def _change(self, op: str, target: str, change: Change, notify: list[str]) -> Result:
+        diff = "(secret content hidden)" if change.secret and change.diff else change.diff
+        result = Result(
+            self.name, op, target, True, change.reason, diff=diff, check=self.check,
+            commands=list(change.commands),
+        )
+        for name in notify:
+            if name not in self.notified:
+                self.notified.append(name)
+        if self.check:
+            return result
+        script = ["set -e", *change.commands]
+        if notify:
+            # Persisted in the same round trip: a run that dies after this
+            # still runs the handler next time.
+            names = " ".join(q(n) for n in notify)
+            script.append(f"mkdir -p {STATE_DIR} && printf '%s\\n' {names} >> {PENDING_HANDLERS}")
+        res = self.conn.run("\n".join(script), stdin=change.stdin, commands=len(change.commands))
+        if not res.ok:
+            result.failed = True
+            result.error = _last_line(res.err) or _last_line(res.out) or f"exit {res.rc}"
+        return result
+
+    def run(self, script: str, stdin: bytes = b"") -> CommandResult:
+        """Run a read-only helper script (facts a role needs). One round trip."""
+        return self.conn.run(script, stdin=stdin)
+
+    def would_change(self, op: Any, *args: Any, **kwargs: Any) -> bool:
+        """Ask ``op`` whether it would change anything, without changing or recording it."""
+        saved = self.check, self.reporter, list(self.results), list(self.notified)
+        self.check, self.reporter = True, None
+        try:
+            return op(self, *args, **kwargs).changed
+        finally:
+            self.check, self.reporter, self.results, self.notified = saved
+
+    def login_check(self, user: str) -> str | None:
+        """Open a fresh SSH login as ``user`` and run ``sudo -n true``.
+
+        Returns None if that works, else the one-line reason. Used before a
+        change that could lock the current login out (hardening sshd).
+        """
+        from keel.errors import HostError as _HostError
+
+        try:
+            other = Connection.open(self.spec, user=user)
+        except _HostError as exc:
+            return exc.reason
+        try:
+            res = other.run("true")
+            return None if res.ok else f"sudo as {user} failed: {res.err.strip()}"
+        finally:
+            other.close()
+
+    # ------------------------------------------------------------ handlers
+    def notify(self, name: str) -> None:
+        if name not in self.notified:
+            self.notified.append(name)
+
+    def flush_handlers(self, handlers: Mapping[str, Handler]) -> None:
+        """Run each notified handler once, in the order the play defines them."""
+        pending = [n for n in handlers if n in self.notified]
+        unknown = [n for n in self.notified if n not in handlers]
+        for name in pending:
+            if self.reporter:
+                self.reporter.handler(self.name, name, self.check)
+            if not self.check:
+                handlers[name](self)
+            self.notified.remove(name)
+            self.handled.append(name)
+        for name in unknown:
+            if self.reporter:
+                self.reporter.warn(self.name, f"dropping unknown pending handler {name!r}")
+            self.notified.remove(name)
+        if not self.check and (pending or unknown or self.facts.pending_handlers):
+            self.conn.run(f"rm -f {PENDING_HANDLERS}")
+
+    # ----------------------------------------------------------- templates
+    def render(self, template: str, **extra: Any) -> str:
+        """Render a Jinja2 template with the host's vars, facts and ``extra``.
+
+        Undefined variables are errors (StrictUndefined), reported in one line
+        with the template name and line.
+        """
+        context = {**self.vars, "facts": self.facts, "inventory_hostname": self.name, **extra}
+        try:
+            return self._jinja.get_template(template).render(context)
+        except jinja2.TemplateNotFound as exc:
+            raise TemplateError(f"{self.name}: template not found: {exc.name}") from None
+        except jinja2.TemplateSyntaxError as exc:
+            raise TemplateError(
+                f"{self.name}: template {exc.name or template}:{exc.lineno}: {exc.message}"
+            ) from None
+        except jinja2.UndefinedError as exc:
+            line = _template_line(exc, template)
+            raise TemplateError(f"{self.name}: template {template}{line}: {exc.message}") from None
+
+    # --------------------------------------------------------------- stats
+    @property
+    def changed(self) -> int:
+        return sum(1 for r in self.results if r.changed and not r.failed)
+
+    @property
+    def ok(self) -> int:
+        return sum(1 for r in self.results if not r.failed)
+
+
+def _last_line(text: str) -> str:
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else ""
+
+
+def _template_line(exc: Exception, template: str) -> str:
+    """Find the template's line number in the traceback of a render error."""
+    tb = exc.__traceback__
+    line = ""
+    while tb is not None:
+        frame = tb.tb_frame
+        if frame.f_globals.get("__jinja_template__") is not None or "template" in frame.f_code.co_name:
+            name = frame.f_code.co_filename
+            if name.endswith(template):
+                line = f":{_jinja_lineno(frame, tb.tb_lineno)}"
+        tb = tb.tb_next
+    return line
+
+
+def _jinja_lineno(frame: Any, pylineno: int) -> int:
+    tmpl = frame.f_globals.get("__jinja_template__")
+    if tmpl is not None:
+        return tmpl.get_corresponding_lineno(pylineno)
+    return pylineno

@@ -1,0 +1,50 @@
+"""The ``lab.*`` tasks: ``fab lab.up``, ``fab lab.down``, ``fab lab.status``."""
+
+from __future__ import annotations
+
+from fabric import task
+from invoke import Collection, Exit
+
+from keel import cli
+from keel import lab as labmod
+
+
+def _lab() -> labmod.Lab:
+    return labmod.Lab()
+
+
+@task(help={"count": "how many hosts (default 1)", "release": "bookworm or trixie"})
+def up(c, count=1, release="bookworm"):
+    """Start lab hosts (systemd-nspawn) and write inventory/lab.yml."""
+    try:
+        hosts = _lab().up(count=int(count), release=release)
+    except labmod.LabError as exc:
+        raise Exit(f"lab.up: {exc}", code=1) from None
+    inventory = _lab().write_inventory(cli.DEFAULT_INVENTORY)
+    for h in hosts:
+        print(f"{h.name}\t{h.address}\t{h.release}")
+    print(f"inventory: {inventory}")
+
+
+@task
+def down(c):
+    """Stop every lab host; remove its overlays, mounts, veths and nft rules."""
+    try:
+        _lab().down()
+    except labmod.LabError as exc:
+        raise Exit(f"lab.down: {exc}", code=1) from None
+    cli.DEFAULT_INVENTORY.unlink(missing_ok=True)
+    print("lab is down")
+
+
+@task
+def status(c):
+    """List lab hosts with address, state and uptime."""
+    rows = _lab().status()
+    if not rows:
+        print("no lab hosts")
+    for r in rows:
+        print(f"{r['name']}\t{r['address']}\t{r['release']}\t{r['state']}\t{r['uptime']}")
+
+
+lab = Collection("lab", up, down, status)

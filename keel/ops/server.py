@@ -1,0 +1,135 @@
+"""Users, groups, SSH keys, the hostname, and guarded commands."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from keel.operation import Change, Fail, NoChange, OpGenerator, Probe, operation, q
+
+
+@operation
+def group(name: str, system: bool = True) -> OpGenerator:
+    """Group ``name`` exists. Example: ``group(host, "hello")``"""
+    res = yield Probe(f"getent group {q(name)} || true")
+    if res.out.strip():
+        return NoChange("group exists")
+    return Change([f"groupadd {'--system ' if system else ''}{q(name)}"], "created")
+
+
+@operation
+def user(
+    name: str,
+    group: str | None = None,
+    groups: Sequence[str] = (),
+    system: bool = True,
+    shell: str = "/usr/sbin/nologin",
+    home: str | None = None,
+    create_home: bool = False,
+) -> OpGenerator:
+    """User ``name`` exists with this primary group, shell and home, and is in ``groups``.
+
+    Supplementary groups are added, never removed (as Ansible's ``append: yes``).
+
+    Example: ``user(host, "hello", group="hello", shell="/usr/sbin/nologin", home="/srv/hello")``
+    """
+    res = yield Probe(f"getent passwd {q(name)} && id -gn {q(name)} && id -Gn {q(name)} || true")
+    lines = res.out.splitlines()
+    home = home or (f"/home/{name}" if not system else "/nonexistent")
+    if not lines:
+        args = ["useradd"]
+        if system:
+            args.append("--system")
+        args += ["--shell", q(shell), "--home-dir", q(home)]
+        args.append("--create-home" if create_home else "--no-create-home")
+        args += ["--gid", q(group)] if group else ["--user-group"]
+        if groups:
+            args += ["--groups", q(",".join(groups))]
+        return Change([" ".join([*args, q(name)])], "created")
+    if len(lines) < 3:
+        return Fail(f"cannot read user {name}: {res.out.strip()}")
+    fields = lines[0].split(":")
+    cur_home, cur_shell = fields[5], fields[6]
+    cur_group, cur_groups = lines[1].strip(), set(lines[2].split())
+    mods, why = [], []
+    if group and cur_group != group:
+        mods += ["--gid", q(group)]
+        why.append(f"group {cur_group} -> {group}")
+    if cur_shell != shell:
+        mods += ["--shell", q(shell)]
+        why.append(f"shell {cur_shell} -> {shell}")
+    if home and cur_home != home:
+        mods += ["--home", q(home)]
+        why.append(f"home {cur_home} -> {home}")
+    missing = [g for g in groups if g not in cur_groups]
+    if missing:
+        mods += ["--append", "--groups", q(",".join(missing))]
+        why.append("added to " + ",".join(missing))
+    if not mods:
+        return NoChange("user as asked")
+    return Change([" ".join(["usermod", *mods, q(name)])], "; ".join(why))
+
+
+@operation
+def authorized_key(user: str, key: str) -> OpGenerator:
+    """``key`` (one public key line) is in ``user``'s ``~/.ssh/authorized_keys``."""
+    key = key.strip()
+    res = yield Probe(
+        f'h=$(getent passwd {q(user)} | cut -d: -f6); echo "$h"; '
+        f'grep -qxF {q(key)} "$h/.ssh/authorized_keys" 2>/dev/null && echo present || echo absent'
+    )
+    lines = res.out.splitlines()
+    if not lines or not lines[0]:
+        return Fail(f"user {user} does not exist")
+    if lines[-1] == "present":
+        return NoChange("key present")
+    home = q(lines[0])
+    return Change([
+        f"install -d -m 700 -o {q(user)} -g $(id -gn {q(user)}) {home}/.ssh",
+        f"printf '%s\\n' {q(key)} >> {home}/.ssh/authorized_keys",
+        f"chown {q(user)}: {home}/.ssh/authorized_keys",
+        f"chmod 600 {home}/.ssh/authorized_keys",
+    ], "key added")
+
+
+@operation
+def hostname(name: str) -> OpGenerator:
+    """The host is called ``name`` (kernel hostname, /etc/hostname, /etc/hosts)."""
+    res = yield Probe("hostname; cat /etc/hostname 2>/dev/null; grep -c '^127.0.1.1' /etc/hosts")
+    lines = res.out.split()
+    if lines[:2] == [name, name]:
+        return NoChange("hostname as asked")
+    return Change([
+        f"echo {q(name)} > /etc/hostname",
+        f"hostname {q(name)}",
+        f"sed -i '/^127.0.1.1[[:space:]]/d' /etc/hosts && printf '127.0.1.1\\t%s\\n' {q(name)} "
+        ">> /etc/hosts",
+    ], f"{lines[0] if lines else '?'} -> {name}")
+
+
+@operation
+def command(
+    cmd: str,
+    creates: str | None = None,
+    unless: str | None = None,
+    chdir: str | None = None,
+    user: str | None = None,
+) -> OpGenerator:
+    """Run ``cmd`` unless a guard says it is done: ``creates`` exists or ``unless`` succeeds.
+
+    Without a guard it runs every time and reports a change.
+
+    Example: ``command(host, "flask db upgrade", chdir="/srv/hello/current", user="hello")``
+    """
+    guards = []
+    if creates:
+        guards.append(f"[ -e {q(creates)} ]")
+    if unless:
+        guards.append(f"( {unless} ) >/dev/null 2>&1")
+    if guards:
+        res = yield Probe(" || ".join(guards) + " && echo done || echo todo")
+        if res.out.strip() == "done":
+            return NoChange("guard says done")
+    run = cmd if not chdir else f"cd {q(chdir)} && {cmd}"
+    if user:
+        run = f"runuser -u {q(user)} -- sh -c {q(run)}"
+    return Change([run], "ran")

@@ -1,0 +1,198 @@
+"""Running a play: roles over many hosts in parallel, in batches, with a recap.
+
+A play is a list of roles. A role is any object (usually a module) with:
+
+- ``DEFAULTS``: a dict of documented default variables;
+- ``HANDLERS``: a dict mapping a handler name to ``fn(host)``;
+- ``apply(host)``: the operations, in order.
+
+The runner knows nothing about any particular role. Like Fabric's ``Group``,
+it maps each host to what happened there: one failing host never hides the
+others.
+
+Example::
+
+    outcomes = run_play(inventory.hosts("app"), Play("deploy", [python, uwsgi, nginx]),
+                        RunOptions(parallel=10))
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from keel.connection import Connection
+from keel.errors import HostError, KeelError, UnreachableError
+from keel.facts import gather
+from keel.host import Host
+from keel.inventory import HostSpec
+from keel.operation import Result
+from keel.output import Reporter, secret_values
+
+
+@dataclass
+class Play:
+    """What to run: roles in order, where their templates live, which login to use.
+
+    ``login`` picks the SSH user for a host from its vars (for example the
+    deploy user once bootstrap has made it); ``None`` uses ``ansible_user``.
+    """
+
+    name: str
+    roles: Sequence[Any]
+    template_dirs: list[Path] = field(default_factory=list)
+    login: Callable[[HostSpec], str | None] | None = None
+
+    def defaults(self) -> dict[str, Any]:
+        merged: dict[str, Any] = {}
+        for role in self.roles:
+            merged.update(getattr(role, "DEFAULTS", {}))
+        return merged
+
+    def handlers(self, host: Host) -> dict[str, Callable[[Host], Any]]:
+        """Handlers in play order: a role's ``HANDLERS`` dict and/or ``handlers(host)``."""
+        merged: dict[str, Callable[[Host], Any]] = {}
+        for role in self.roles:
+            merged.update(getattr(role, "HANDLERS", {}))
+            dynamic = getattr(role, "handlers", None)
+            if callable(dynamic):
+                merged.update(dynamic(host))
+        return merged
+
+
+@dataclass
+class RunOptions:
+    check: bool = False
+    parallel: int = 10
+    serial: int = 0
+    max_fail: int = 0
+    stats: bool = False
+    diff: bool = False
+    verbose: bool = False
+    json_path: Path | None = None
+    sudo_password: str | None = None
+    extra_vars: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class HostOutcome:
+    """What happened on one host."""
+
+    name: str
+    results: list[Result] = field(default_factory=list)
+    failed: bool = False
+    unreachable: bool = False
+    skipped: bool = False
+    error: str = ""
+    round_trips: int = 0
+    commands: int = 0
+    connect_seconds: float = 0.0
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> int:
+        return sum(1 for r in self.results if not r.failed)
+
+    @property
+    def changed(self) -> int:
+        return sum(1 for r in self.results if r.changed and not r.failed)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok, "changed": self.changed, "failed": self.failed,
+            "unreachable": self.unreachable, "skipped": self.skipped, "error": self.error,
+            "round_trips": self.round_trips, "commands": self.commands,
+            "seconds": round(self.seconds, 3), "results": [r.to_dict() for r in self.results],
+        }
+
+
+def run_host(
+    spec: HostSpec, play: Play, opts: RunOptions, reporter: Reporter,
+    body: Callable[[Host], Any] | None = None,
+) -> HostOutcome:
+    """Run the play on one host; never raises for host-level failures."""
+    t0 = time.monotonic()
+    outcome = HostOutcome(spec.name)
+    variables = {**play.defaults(), **spec.vars, **opts.extra_vars}
+    reporter.add_secrets(spec.name, secret_values(variables))
+    conn = None
+    try:
+        user = play.login(spec) if play.login else None
+        conn = Connection.open(spec, sudo_password=opts.sudo_password, user=user)
+        host = Host(spec, conn, gather(conn), variables, check=opts.check,
+                    template_dirs=play.template_dirs, reporter=reporter)
+        try:
+            if body is not None:
+                body(host)
+            else:
+                for role in play.roles:
+                    role.apply(host)
+                host.flush_handlers(play.handlers(host))
+        finally:
+            outcome.results = host.results
+    except UnreachableError as exc:
+        outcome.unreachable, outcome.error = True, str(exc)
+    except KeelError as exc:
+        outcome.failed, outcome.error = True, str(exc)
+    except Exception as exc:  # a bug or a library error: still one line, still this host only
+        outcome.failed = True
+        outcome.error = f"{spec.name}: {type(exc).__name__}: {exc}".splitlines()[0]
+    finally:
+        if conn is not None:
+            outcome.round_trips = conn.stats.round_trips
+            outcome.commands = conn.stats.commands
+            outcome.connect_seconds = conn.stats.connect_seconds
+            conn.close()
+    if outcome.error:
+        reporter.error(spec.name, outcome.error)
+    outcome.seconds = time.monotonic() - t0
+    return outcome
+
+
+def run_play(
+    hosts: Sequence[HostSpec], play: Play, opts: RunOptions, reporter: Reporter | None = None,
+    body: Callable[[Host], Any] | None = None,
+) -> list[HostOutcome]:
+    """Run on every host, ``opts.parallel`` at a time, in batches of ``opts.serial``.
+
+    After a batch with more than ``opts.max_fail`` failed or unreachable hosts,
+    the remaining hosts are skipped.
+    """
+    reporter = reporter or Reporter(verbose=opts.verbose, diff=opts.diff)
+    size = opts.serial or len(hosts) or 1
+    batches = [list(hosts[i:i + size]) for i in range(0, len(hosts), size)]
+    outcomes: list[HostOutcome] = []
+    stop = False
+    for batch in batches:
+        if stop:
+            outcomes += [HostOutcome(h.name, skipped=True, error="skipped: an earlier batch failed")
+                         for h in batch]
+            continue
+        with ThreadPoolExecutor(max_workers=max(1, min(opts.parallel, len(batch)))) as pool:
+            done = list(pool.map(lambda s: run_host(s, play, opts, reporter, body), batch))
+        outcomes += done
+        if sum(1 for o in done if o.failed or o.unreachable) > opts.max_fail and opts.serial:
+            stop = True
+    reporter.recap(outcomes, stats=opts.stats)
+    if opts.json_path:
+        write_json(opts.json_path, play, opts, outcomes)
+    return outcomes
+
+
+def write_json(path: Path, play: Play, opts: RunOptions, outcomes: list[HostOutcome]) -> None:
+    doc = {"play": play.name, "check": opts.check,
+           "hosts": {o.name: o.to_dict() for o in outcomes}}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=2) + "\n")
+
+
+def failed(outcomes: Sequence[HostOutcome]) -> bool:
+    return any(o.failed or o.unreachable or o.skipped for o in outcomes)
+
+
+__all__ = ["HostError", "HostOutcome", "Play", "RunOptions", "failed", "run_host", "run_play"]

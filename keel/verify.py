@@ -1,0 +1,67 @@
+"""``fab verify``: run a pytest-testinfra suite over SSH against inventory hosts.
+
+The suite gets each host's expected settings as JSON (``KEEL_VERIFY_VARS``),
+and reaches hosts through an ssh_config written from the inventory, so
+``--limit`` and ``-H`` select hosts exactly as for deploy.
+
+Example::
+
+    rc = run_suite(hosts, Path("tests/verify"), expectations, junit_xml=None)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from keel.connection import _parse_ssh_args
+from keel.inventory import HostSpec
+
+
+def ssh_config(hosts: Sequence[HostSpec], user_for: Callable[[HostSpec], str | None]) -> str:
+    """An ssh_config with one ``Host`` block per inventory host."""
+    blocks = []
+    for h in hosts:
+        opts = _parse_ssh_args(str(h.vars.get("ansible_ssh_common_args", "")))
+        lines = [f"Host {h.name}", f"  HostName {h.address}", f"  Port {h.port or 22}"]
+        user = user_for(h) or h.user
+        if user:
+            lines.append(f"  User {user}")
+        if h.key_file:
+            lines.append(f"  IdentityFile {h.key_file}")
+        if "userknownhostsfile" in opts:
+            lines.append(f"  UserKnownHostsFile {opts['userknownhostsfile']}")
+        if "stricthostkeychecking" in opts:
+            lines.append(f"  StrictHostKeyChecking {opts['stricthostkeychecking']}")
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks) + "\n"
+
+
+def run_suite(
+    hosts: Sequence[HostSpec],
+    suite: Path,
+    expectations: Callable[[HostSpec], dict[str, Any]],
+    user_for: Callable[[HostSpec], str | None] = lambda h: None,
+    junit_xml: str | None = None,
+    extra_args: Sequence[str] = (),
+) -> int:
+    """Run pytest on ``suite`` against ``hosts``; return pytest's exit code."""
+    with tempfile.TemporaryDirectory(prefix="keel-verify-") as tmp:
+        cfg = Path(tmp) / "ssh_config"
+        cfg.write_text(ssh_config(hosts, user_for))
+        data = Path(tmp) / "expect.json"
+        data.write_text(json.dumps({h.name: expectations(h) for h in hosts}))
+        cmd = [
+            sys.executable, "-m", "pytest", str(suite), "-p", "no:cacheprovider", "-q",
+            "--hosts=" + ",".join(f"paramiko://{h.name}" for h in hosts),
+            f"--ssh-config={cfg}", "--sudo", "--tb=line",
+            *(["--junit-xml", junit_xml] if junit_xml else []), *extra_args,
+        ]
+        env = {**os.environ, "KEEL_VERIFY_VARS": str(data)}
+        return subprocess.call(cmd, env=env)

@@ -1,0 +1,154 @@
+"""The apps a host serves, resolved from the ``apps`` variable.
+
+``apps`` is a list of dicts; each entry is merged over :data:`APP_DEFAULTS` and
+gets its derived paths. Several apps on one host each get their own user,
+socket, unit and site, told apart by ``server_name``.
+
+Layout on the host for an app called ``hello``::
+
+    /srv/hello/releases/<release>/   the app's code, one folder per release
+    /srv/hello/current -> releases/<release>
+    /srv/hello/venvs/<key>/          venvs, keyed by requirements + interpreter
+    /srv/hello/shared/env            settings (0640 root:hello), read by systemd
+    /srv/hello/shared/state/         writable state that survives releases
+    /run/hello/uwsgi.sock            the socket nginx talks to
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+from keel.errors import HostError
+from keel.host import Host
+from keel.ops.files import tree_digest
+
+#: Defaults for each entry of ``apps``. Every key can be set per app.
+APP_DEFAULTS: dict[str, Any] = {
+    # Local path of the app's source (relative paths: from the project dir).
+    "source": "app",
+    # module:callable; app factories are called: "hello:create_app()".
+    "module": "wsgi:app",
+    # Requirements file, relative to source. uwsgi is added (pinned) to it.
+    "requirements": "requirements.txt",
+    "uwsgi_version": "2.0.31",
+    # nginx: name-based virtual hosts; "_" matches anything.
+    "server_name": "_",
+    "listen": 80,
+    "client_max_body_size": "10m",
+    # Served by nginx directly; relative to the code dir; "" for none.
+    "static_url": "/static/",
+    "static_dir": "static",
+    # uWSGI workers: processes defaults to 2 per CPU (from facts), at least 2.
+    "processes": None,
+    "threads": 4,
+    # Adaptive workers: keep at least `cheaper`, start with `cheaper_initial`.
+    "cheaper": 1,
+    "cheaper_initial": 2,
+    "cheaper_step": 1,
+    # Seconds before uWSGI kills a stuck request; nginx waits a bit longer.
+    "harakiri": 30,
+    "max_requests": 5000,
+    "buffer_size": 32768,
+    # Environment for the app, written to shared/env (mode 0640, root:<app>).
+    "env": {},
+    # Commands run in the new release, as the app user, before it takes traffic.
+    "pre_start": [],
+}
+
+DEFAULTS: dict[str, Any] = {
+    "apps": [{"name": "hello", "source": "app", "module": "hello:create_app()"}],
+    # The group nginx runs as; it shares the socket (660).
+    "nginx_group": "www-data",
+}
+
+
+def apply(host: Host) -> None:
+    """Resolve and check every app before any role changes anything."""
+    resolve(host)
+
+
+def resolve(host: Host) -> list[dict[str, Any]]:
+    """Every app of ``host`` with defaults merged and paths derived (cached per run)."""
+    cached = getattr(host, "_apps", None)
+    if cached is not None:
+        return cached
+    apps = [_resolve_one(host, entry, i == 0) for i, entry in enumerate(host.vars["apps"])]
+    names = [a["name"] for a in apps]
+    if len(set(names)) != len(names):
+        raise HostError(host.name, f"apps: duplicate app names in {names}")
+    host._apps = apps  # type: ignore[attr-defined]
+    return apps
+
+
+def _resolve_one(host: Host, entry: dict[str, Any], first: bool) -> dict[str, Any]:
+    if not isinstance(entry, dict) or not entry.get("name"):
+        raise HostError(host.name, f"apps: each app needs a name, got {entry!r}")
+    unknown = set(entry) - set(APP_DEFAULTS) - {"name", "user", "group", "default_server"}
+    if unknown:
+        raise HostError(host.name, f"apps: {entry['name']}: unknown setting(s) {sorted(unknown)}")
+    app = {**APP_DEFAULTS, **entry}
+    name = app["name"]
+    root = f"/srv/{name}"
+    project = Path(host.vars.get("project_dir", "."))
+    source = Path(app["source"])
+    source = source if source.is_absolute() else project / source
+    if not source.is_dir():
+        raise HostError(host.name, f"app {name}: source directory {source} does not exist")
+    req_file = source / app["requirements"]
+    if not req_file.is_file():
+        raise HostError(host.name, f"app {name}: requirements file {req_file} does not exist")
+    requirements = req_file.read_text().rstrip("\n") + f"\nuwsgi=={app['uwsgi_version']}\n"
+    release = tree_digest(source)[:12]
+    venv_key = hashlib.sha256(
+        (requirements + host.facts.python_version).encode()
+    ).hexdigest()[:12]
+    static_dir = app["static_dir"]
+    if static_dir and not static_dir.startswith("/"):
+        static_dir = f"{root}/current/{static_dir}" if (source / static_dir).is_dir() else ""
+    app.update(
+        user=app.get("user") or name,
+        group=app.get("group") or name,
+        root=root,
+        source=str(source),
+        requirements_text=requirements,
+        release=release,
+        release_dir=f"{root}/releases/{release}",
+        code_dir=f"{root}/current",
+        venv=f"{root}/venvs/{venv_key}",
+        ini_path=f"/etc/uwsgi-apps/{name}.ini",
+        unit=f"{name}.service",
+        env_file=f"{root}/shared/env",
+        state_dir=f"{root}/shared/state",
+        socket=f"/run/{name}/uwsgi.sock",
+        stats_socket=f"/run/{name}/stats.sock",
+        processes=app["processes"] or max(2, 2 * host.facts.cpu_count),
+        static_dir=static_dir,
+        default_server=app.get("default_server", first),
+    )
+    return app
+
+
+def expectations(variables: dict[str, Any]) -> dict[str, Any]:
+    """What ``fab verify`` should find on a host with these inventory vars (no facts needed)."""
+    from roles import bootstrap
+
+    merged = {**bootstrap.DEFAULTS, **DEFAULTS, **variables}
+    out = []
+    for entry in merged["apps"]:
+        app = {**APP_DEFAULTS, **entry}
+        name = app["name"]
+        out.append({
+            "name": name, "user": app.get("user") or name, "group": app.get("group") or name,
+            "socket": f"/run/{name}/uwsgi.sock", "stats_socket": f"/run/{name}/stats.sock",
+            "ini_path": f"/etc/uwsgi-apps/{name}.ini", "unit": f"{name}.service",
+            "env_file": f"/srv/{name}/shared/env", "server_name": app["server_name"],
+            "listen": app["listen"],
+        })
+    return {
+        "apps": out,
+        "nginx_group": merged["nginx_group"],
+        "deploy_user": merged["deploy_user"],
+        "firewall_allow_tcp": merged["firewall_allow_tcp"],
+    }

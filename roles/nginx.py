@@ -1,0 +1,53 @@
+"""nginx: one site per app in sites-available, enabled by a symlink in sites-enabled.
+
+A site is validated before it can go live: the candidate file is checked with
+``nginx -t`` inside a copy of the whole configuration in which it replaces the
+live one, so a failing config is never written, never linked, never reloaded.
+nginx is reloaded (never restarted), and only when something changed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from keel.host import Host
+from keel.operation import q
+from keel.ops import apt, files, server, systemd
+from roles import apps
+
+DEFAULTS: dict[str, Any] = {
+    "nginx_packages": ["nginx"],
+    # Debian's own site; disabled so only our apps answer.
+    "nginx_disable_default_site": True,
+}
+
+HANDLERS = {
+    "reload nginx": lambda host: server.command(
+        host, "nginx -t -q && systemctl reload nginx", name="nginx -t && reload"),
+}
+
+
+def site_validate(name: str) -> str:
+    """A validate command (``%s`` = candidate file) testing the config as it would be."""
+    return (
+        'c=$(mktemp /etc/nginx/.keel-check.XXXXXX) && d=$(mktemp -d /etc/nginx/.keel-sites.XXXXXX)'
+        ' && for f in /etc/nginx/sites-enabled/*; do [ -e "$f" ] || continue;'
+        f' [ "$(basename "$f")" = {q(name)} ] || ln -s "$(readlink -f "$f")" "$d/$(basename "$f")";'
+        f' done && cp %s "$d/"{q(name)}'
+        ' && sed "s#/etc/nginx/sites-enabled/\\*#$d/*#" /etc/nginx/nginx.conf > "$c"'
+        ' && nginx -t -q -c "$c"; rc=$?; rm -rf "$c" "$d"; exit $rc'
+    )
+
+
+def apply(host: Host) -> None:
+    apt.packages(host, host.vars["nginx_packages"])
+    if host.vars["nginx_disable_default_site"]:
+        files.absent(host, "/etc/nginx/sites-enabled/default", notify="reload nginx")
+    for app in apps.resolve(host):
+        name = app["name"]
+        available = f"/etc/nginx/sites-available/{name}"
+        files.template(host, "nginx-site.conf.j2", available, app=app,
+                       nginx_group=host.vars["nginx_group"], validate=site_validate(name),
+                       notify="reload nginx")
+        files.symlink(host, f"/etc/nginx/sites-enabled/{name}", available, notify="reload nginx")
+    systemd.service(host, "nginx", enabled=True, running=True)

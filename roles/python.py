@@ -1,0 +1,32 @@
+"""python: the interpreter, build tools for uWSGI, each app's system user and its venv.
+
+The venv lives at ``/srv/<app>/venvs/<key>``, where the key hashes the app's
+pinned requirements (plus pinned uwsgi) and the interpreter version, so a new
+venv is built only when one of them changes, and the old one keeps serving
+until the switch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from keel.host import Host
+from keel.ops import apt, files, python, server
+from roles import apps
+
+DEFAULTS: dict[str, Any] = {
+    # python3-venv for the venvs; a compiler and headers because pip builds uWSGI.
+    "python_packages": ["python3", "python3-venv", "python3-dev", "build-essential"],
+}
+
+
+def apply(host: Host) -> None:
+    apt.packages(host, host.vars["python_packages"])
+    for app in apps.resolve(host):
+        server.group(host, app["group"])
+        server.user(host, app["user"], group=app["group"], system=True,
+                    shell="/usr/sbin/nologin", home=app["root"])
+        files.directory(host, app["root"], owner="root", group=app["group"], mode="0750")
+        files.directory(host, f"{app['root']}/venvs", owner="root", group=app["group"],
+                        mode="0750")
+        python.venv(host, app["venv"], app["requirements_text"], owner="root", group="root")

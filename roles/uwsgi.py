@@ -1,0 +1,44 @@
+"""uwsgi: each app's uWSGI ini (templates/uwsgi.ini.j2) and systemd unit (templates/uwsgi.service.j2).
+
+Handlers per app: ``restart <app>`` when the unit, ini, venv or env file
+changed (systemd re-reads the environment only on restart), and
+``reload <app>`` (graceful, SIGHUP) when only the release changed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from keel.host import Host
+from keel.ops import files, systemd
+from roles import apps
+
+DEFAULTS: dict[str, Any] = {}
+INI_DIR = "/etc/uwsgi-apps"
+
+
+def apply(host: Host) -> None:
+    files.directory(host, INI_DIR, owner="root", group="root", mode="0755")
+    nginx_group = host.vars["nginx_group"]
+    for app in apps.resolve(host):
+        restart = f"restart {app['name']}"
+        # Readable by the app user: the master re-reads it on reload, after the uid drop.
+        files.template(host, "uwsgi.ini.j2", app["ini_path"], owner="root", group=app["group"],
+                       mode="0640", app=app, nginx_group=nginx_group, notify=restart)
+        files.template(host, "uwsgi.service.j2", f"/etc/systemd/system/{app['unit']}",
+                       app=app, nginx_group=nginx_group, notify=restart)
+        systemd.service(host, app["unit"], enabled=True, running=True)
+
+
+def handlers(host: Host) -> dict[str, Callable[[Host], Any]]:
+    out: dict[str, Callable[[Host], Any]] = {}
+    for app in apps.resolve(host):
+        unit = app["unit"]
+        out[f"restart {app['name']}"] = lambda h, u=unit: systemd.restart(h, u)
+    for app in apps.resolve(host):
+        unit, restart = app["unit"], f"restart {app['name']}"
+        out[f"reload {app['name']}"] = (
+            lambda h, u=unit, r=restart: None if r in h.handled else systemd.reload(h, u)
+        )
+    return out
