@@ -10,7 +10,10 @@ STAMP := $(VENV)/.installed
 
 demo: setup
 	$(VENV)/bin/fab lab.up
-	$(VENV)/bin/fab lab.check
+	$(VENV)/bin/fab bootstrap
+	$(VENV)/bin/fab deploy
+	$(VENV)/bin/fab verify
+	$(VENV)/bin/fab lab.url
 
 test: setup
 	$(VENV)/bin/ruff check .

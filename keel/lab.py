@@ -156,6 +156,9 @@ class Lab:
         if hosts_dir.is_dir():
             for hdir in sorted(hosts_dir.iterdir()):
                 self._stop_host(hdir)
+        for machine in _orphan_machines(self.name):  # containers whose records are gone
+            _kill_cgroup(machine)
+            _remove_cgroup(machine)
         self._network_down()
         with contextlib.suppress(FileNotFoundError):
             self.known_hosts.unlink()
@@ -415,6 +418,9 @@ table ip {self.nft_table} {{
         host = _read_host(hdir)
         if host is not None:
             _terminate(host.pid)
+            # If nspawn died without cleaning up (a crash), its container may
+            # still run, orphaned; killing it also frees its veth and netns.
+            _kill_cgroup(host.machine)
         merged = hdir / "merged"
         if os.path.ismount(merged):
             _run(["umount", str(merged)], check=False)
@@ -547,6 +553,30 @@ def _enter_cgroup(machine: str) -> None:
     for d in _cgroup_dirs(machine):
         d.mkdir(parents=True, exist_ok=True)
         (d / "cgroup.procs").write_text(str(os.getpid()))
+
+
+def _orphan_machines(lab: str) -> list[str]:
+    names = set()
+    for d in _cgroup_dirs(f"{lab}-*"):
+        names.update(p.name for p in d.parent.glob(d.name) if p.is_dir())
+    return sorted(names)
+
+
+def _kill_cgroup(machine: str, timeout: float = 10.0) -> None:
+    """SIGKILL every process left in a host's cgroups and wait until they are gone."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pids = set()
+        for d in _cgroup_dirs(machine):
+            for procs in d.rglob("cgroup.procs") if d.is_dir() else []:
+                with contextlib.suppress(OSError):
+                    pids.update(int(p) for p in procs.read_text().split())
+        if not pids:
+            return
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.1)
 
 
 def _remove_cgroup(machine: str) -> None:

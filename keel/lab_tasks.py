@@ -47,4 +47,18 @@ def status(c):
         print(f"{r['name']}\t{r['address']}\t{r['release']}\t{r['state']}\t{r['uptime']}")
 
 
-lab = Collection("lab", up, down, status)
+@task
+def url(c):
+    """Print each lab host's URL and fetch it with curl from the controller."""
+    hosts = _lab().hosts()
+    if not hosts:
+        raise Exit("lab.url: no lab hosts (run 'fab lab.up')", code=1)
+    for h in hosts:
+        address = f"http://{h.address}/"
+        print(f"{h.name}: {address}")
+        print(f"$ curl -s {address}version")
+        c.run(f"curl -sS --max-time 5 {address}version", warn=True)
+        print()
+
+
+lab = Collection("lab", up, down, status, url)

@@ -22,7 +22,7 @@ import json
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -122,7 +122,8 @@ def run_host(
     reporter.add_secrets(spec.name, secret_values(variables))
     conn = None
     try:
-        user = play.login(spec) if play.login else None
+        # The login is picked from the same vars the roles see, --extra-vars included.
+        user = play.login(replace(spec, vars={**spec.vars, **opts.extra_vars})) if play.login else None
         conn = Connection.open(spec, sudo_password=opts.sudo_password, user=user)
         host = Host(spec, conn, gather(conn), variables, check=opts.check,
                     template_dirs=play.template_dirs, reporter=reporter)

@@ -24,8 +24,14 @@ from keel.connection import _parse_ssh_args
 from keel.inventory import HostSpec
 
 
-def ssh_config(hosts: Sequence[HostSpec], user_for: Callable[[HostSpec], str | None]) -> str:
-    """An ssh_config with one ``Host`` block per inventory host."""
+def ssh_config(
+    hosts: Sequence[HostSpec], user_for: Callable[[HostSpec], str | None], control_dir: Path
+) -> str:
+    """An ssh_config with one ``Host`` block per inventory host.
+
+    OpenSSH itself connects (so known_hosts and ProxyJump are honoured), with
+    one multiplexed master per host that is closed when the suite ends.
+    """
     blocks = []
     for h in hosts:
         opts = _parse_ssh_args(str(h.vars.get("ansible_ssh_common_args", "")))
@@ -39,6 +45,8 @@ def ssh_config(hosts: Sequence[HostSpec], user_for: Callable[[HostSpec], str | N
             lines.append(f"  UserKnownHostsFile {opts['userknownhostsfile']}")
         if "stricthostkeychecking" in opts:
             lines.append(f"  StrictHostKeyChecking {opts['stricthostkeychecking']}")
+        lines += ["  BatchMode yes", "  ControlMaster auto", f"  ControlPath {control_dir}/%C",
+                  "  ControlPersist 30s"]
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks) + "\n"
 
@@ -54,14 +62,19 @@ def run_suite(
     """Run pytest on ``suite`` against ``hosts``; return pytest's exit code."""
     with tempfile.TemporaryDirectory(prefix="keel-verify-") as tmp:
         cfg = Path(tmp) / "ssh_config"
-        cfg.write_text(ssh_config(hosts, user_for))
+        cfg.write_text(ssh_config(hosts, user_for, Path(tmp)))
         data = Path(tmp) / "expect.json"
         data.write_text(json.dumps({h.name: expectations(h) for h in hosts}))
         cmd = [
             sys.executable, "-m", "pytest", str(suite), "-p", "no:cacheprovider", "-q",
-            "--hosts=" + ",".join(f"paramiko://{h.name}" for h in hosts),
+            "--hosts=" + ",".join(f"ssh://{h.name}?controlpersist=0" for h in hosts),
             f"--ssh-config={cfg}", "--sudo", "--tb=line",
             *(["--junit-xml", junit_xml] if junit_xml else []), *extra_args,
         ]
         env = {**os.environ, "KEEL_VERIFY_VARS": str(data)}
-        return subprocess.call(cmd, env=env)
+        try:
+            return subprocess.call(cmd, env=env)
+        finally:
+            for h in hosts:  # close the multiplexed masters: leave no ssh behind
+                subprocess.run(["ssh", "-F", str(cfg), "-O", "exit", h.name],
+                               capture_output=True, timeout=10)

@@ -17,6 +17,29 @@ from roles import apps
 
 DEFAULTS: dict[str, Any] = {}
 
+# Imports module:callable the way uWSGI will (calling it for "pkg:factory()"),
+# so a release that cannot even load never becomes current.
+IMPORT_CHECK = """
+import importlib, sys
+spec = sys.argv[1]
+mod, _, attr = spec.partition(":")
+obj = importlib.import_module(mod)
+name = attr.removesuffix("()") or "application"
+app = getattr(obj, name)
+if attr.endswith("()"):
+    app = app()
+if not callable(app):
+    sys.exit(f"{spec} is not a WSGI callable")
+"""
+
+
+def _as_app_user(app: dict[str, Any], cmd: str) -> str:
+    """``cmd`` run in the release, as the app user, with its settings and venv."""
+    inner = (f"set -a; . {q(app['env_file'])}; set +a; "
+             f"export APP_STATE_DIR={q(app['state_dir'])} APP_RELEASE={q(app['release'])} "
+             f"PATH={q(app['venv'] + '/bin')}:$PATH; {cmd}")
+    return f"runuser -u {q(app['user'])} -- sh -c {q(inner)}"
+
 
 def apply(host: Host) -> None:
     for app in apps.resolve(host):
@@ -26,16 +49,21 @@ def apply(host: Host) -> None:
         files.directory(host, app["state_dir"], owner=app["user"], group=group, mode="0750")
         files.template(host, "app.env.j2", app["env_file"], owner="root", group=group,
                        mode="0640", secret=True, app=app, notify=restart)
-        files.tree(host, app["source"], app["release_dir"], owner="root", group=group)
+        files.tree(host, app["source"], app["release_dir"], owner="root", group=group,
+                   name=app["release_dir"])
+        venv_key = app["venv"].rsplit("/", 1)[1]
+        marker = f"{app['release_dir']}/.keel-import-ok-{venv_key}"
+        server.command(
+            host, _as_app_user(app, f"python -c {q(IMPORT_CHECK)} {q(app['module'])}")
+            + f" && touch {q(marker)}",
+            creates=marker, chdir=app["release_dir"],
+            name=f"{app['name']}: import {app['module']} in release {app['release']}",
+        )
         for i, cmd in enumerate(app["pre_start"]):
-            # Runs once per release, as the app user, with its settings and venv;
-            # the marker is written (by root) only when the command succeeds.
+            # Once per release; the marker is written (by root) only on success.
             marker = f"{app['release_dir']}/.keel-pre-start-{i}"
-            inner = (f"set -a; . {q(app['env_file'])}; set +a; "
-                     f"export APP_STATE_DIR={q(app['state_dir'])} "
-                     f"PATH={q(app['venv'] + '/bin')}:$PATH; {cmd}")
             server.command(
-                host, f"runuser -u {q(app['user'])} -- sh -c {q(inner)} && touch {q(marker)}",
+                host, _as_app_user(app, cmd) + f" && touch {q(marker)}",
                 creates=marker, chdir=app["release_dir"], name=f"{app['name']}: {cmd}",
             )
         files.symlink(host, app["code_dir"], f"releases/{app['release']}", notify=restart)

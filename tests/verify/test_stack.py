@@ -1,0 +1,98 @@
+"""What a deployed host must look like: nginx -> unix socket -> uWSGI (systemd) -> app.
+
+Run by ``fab verify`` over SSH against the selected inventory hosts. Each
+assertion message starts with the host name, so a failure says where and what.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _who(host: Any) -> str:
+    return host.backend.hostname
+
+
+def test_packages_installed(host: Any) -> None:
+    for pkg in ("nginx", "python3-venv", "nftables", "unattended-upgrades"):
+        assert host.package(pkg).is_installed, f"{_who(host)}: package {pkg} is not installed"
+
+
+def test_services_enabled_and_running(host: Any, expect: dict) -> None:
+    units = ["nginx", "nftables", "ssh"] + [a["unit"] for a in expect["apps"]]
+    for unit in units:
+        svc = host.service(unit)
+        assert svc.is_enabled, f"{_who(host)}: {unit} is not enabled"
+        assert svc.is_running, f"{_who(host)}: {unit} is not running"
+
+
+def test_app_socket(host: Any, expect: dict) -> None:
+    for app in expect["apps"]:
+        sock = host.file(app["socket"])
+        assert sock.is_socket, f"{_who(host)}: {app['socket']} is not a socket"
+        assert sock.mode == 0o660, f"{_who(host)}: {app['socket']} mode is {sock.mode:o}, not 660"
+        assert sock.user == app["user"], f"{_who(host)}: {app['socket']} owner is {sock.user}"
+        assert sock.group == expect["nginx_group"], (
+            f"{_who(host)}: {app['socket']} group is {sock.group}, not {expect['nginx_group']}")
+
+
+def test_no_uwsgi_runs_as_root(host: Any) -> None:
+    procs = host.check_output("ps -eo user=,args= | grep -i '[u]wsgi' || true")
+    assert procs.strip(), f"{_who(host)}: no uwsgi process is running"
+    as_root = [ln for ln in procs.splitlines() if ln.split()[0] == "root"]
+    assert not as_root, f"{_who(host)}: uwsgi runs as root: {as_root}"
+
+
+def test_uwsgi_ini(host: Any, expect: dict) -> None:
+    for app in expect["apps"]:
+        ini = host.file(app["ini_path"])
+        assert ini.exists, f"{_who(host)}: {app['ini_path']} is missing"
+        settings = {ln.split("=", 1)[0].strip(): ln.split("=", 1)[1].strip()
+                    for ln in ini.content_string.splitlines() if "=" in ln and not ln.startswith("#")}
+        assert settings.get("die-on-term") == "true", f"{_who(host)}: {app['ini_path']} lacks die-on-term"
+        assert settings.get("uid") == app["user"], f"{_who(host)}: {app['ini_path']} uid is not {app['user']}"
+        assert settings.get("gid") == app["group"], f"{_who(host)}: {app['ini_path']} gid is not {app['group']}"
+
+
+def test_nginx_site_enabled_and_valid(host: Any, expect: dict) -> None:
+    for app in expect["apps"]:
+        link = host.file(f"/etc/nginx/sites-enabled/{app['name']}")
+        assert link.is_symlink, f"{_who(host)}: sites-enabled/{app['name']} is not a symlink"
+        assert link.linked_to == f"/etc/nginx/sites-available/{app['name']}", (
+            f"{_who(host)}: sites-enabled/{app['name']} points to {link.linked_to}")
+    assert not host.file("/etc/nginx/sites-enabled/default").exists, (
+        f"{_who(host)}: the default nginx site is still enabled")
+    test = host.run("nginx -t")
+    assert test.rc == 0, f"{_who(host)}: nginx -t fails: {test.stderr.strip()}"
+
+
+def test_http_through_nginx(host: Any, expect: dict) -> None:
+    for app in expect["apps"]:
+        name = app["server_name"] if app["server_name"] != "_" else "localhost"
+        for path in ("/", "/healthz"):
+            code = host.check_output(
+                f"curl -s -o /dev/null -w '%{{http_code}}' -H 'Host: {name}' "
+                f"http://127.0.0.1:{app['listen']}{path}")
+            assert code == "200", f"{_who(host)}: GET {path} (Host: {name}) answered {code}, not 200"
+
+
+def test_firewall(host: Any, expect: dict) -> None:
+    rules = host.check_output("nft list chain inet filter input")
+    assert "policy drop" in rules, f"{_who(host)}: firewall input policy is not drop"
+    for port in expect["firewall_allow_tcp"]:
+        assert str(port) in rules, f"{_who(host)}: firewall does not allow tcp/{port}"
+
+
+def test_sshd_hardened(host: Any) -> None:
+    cfg = host.check_output("sshd -T 2>/dev/null")
+    for setting in ("permitrootlogin no", "passwordauthentication no"):
+        assert setting in cfg, f"{_who(host)}: sshd is not set to '{setting}'"
+
+
+def test_env_file_mode(host: Any, expect: dict) -> None:
+    for app in expect["apps"]:
+        env = host.file(app["env_file"])
+        assert env.exists, f"{_who(host)}: {app['env_file']} is missing"
+        assert env.mode == 0o640, f"{_who(host)}: {app['env_file']} mode is {env.mode:o}, not 640"
+        assert (env.user, env.group) == ("root", app["group"]), (
+            f"{_who(host)}: {app['env_file']} is {env.user}:{env.group}, not root:{app['group']}")
