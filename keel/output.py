@@ -20,7 +20,8 @@ from keel.operation import Result
 if TYPE_CHECKING:
     from keel.runner import HostOutcome
 
-SECRET_NAME = re.compile(r"(password|passwd|secret|token|passphrase|api_key|private_key)$", re.I)
+SECRET_NAME = re.compile(r"(password|passwd|secret|secret_key|token|passphrase|api_key|private_key)$",
+                         re.I)
 MASK = "********"
 
 

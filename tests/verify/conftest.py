@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,5 +16,5 @@ def expect(host: Any) -> dict[str, Any]:
     path = os.environ.get("KEEL_VERIFY_VARS")
     if not path:
         pytest.fail("KEEL_VERIFY_VARS is not set: run this suite through `fab verify`")
-    data = json.loads(open(path).read())
+    data = json.loads(Path(path).read_text())
     return data[host.backend.hostname]

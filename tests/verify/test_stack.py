@@ -49,9 +49,10 @@ def test_uwsgi_ini(host: Any, expect: dict) -> None:
         assert ini.exists, f"{_who(host)}: {app['ini_path']} is missing"
         settings = {ln.split("=", 1)[0].strip(): ln.split("=", 1)[1].strip()
                     for ln in ini.content_string.splitlines() if "=" in ln and not ln.startswith("#")}
-        assert settings.get("die-on-term") == "true", f"{_who(host)}: {app['ini_path']} lacks die-on-term"
-        assert settings.get("uid") == app["user"], f"{_who(host)}: {app['ini_path']} uid is not {app['user']}"
-        assert settings.get("gid") == app["group"], f"{_who(host)}: {app['ini_path']} gid is not {app['group']}"
+        where = f"{_who(host)}: {app['ini_path']}"
+        assert settings.get("die-on-term") == "true", f"{where} lacks die-on-term"
+        assert settings.get("uid") == app["user"], f"{where}: uid is not {app['user']}"
+        assert settings.get("gid") == app["group"], f"{where}: gid is not {app['group']}"
 
 
 def test_nginx_site_enabled_and_valid(host: Any, expect: dict) -> None:
