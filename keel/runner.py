@@ -171,8 +171,10 @@ def run_play(
     stop = False
     for batch in batches:
         if stop:
-            outcomes += [HostOutcome(h.name, skipped=True, error="skipped: an earlier batch failed")
-                         for h in batch]
+            for h in batch:  # said once per host, like any other host-level error
+                outcomes.append(HostOutcome(h.name, skipped=True,
+                                            error="skipped: an earlier batch failed"))
+                reporter.error(h.name, outcomes[-1].error)
             continue
         with ThreadPoolExecutor(max_workers=max(1, min(opts.parallel, len(batch)))) as pool:
             done = list(pool.map(lambda s: run_host(s, play, opts, reporter, body), batch))

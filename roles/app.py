@@ -44,8 +44,10 @@ def _as_app_user(app: dict[str, Any], cmd: str) -> str:
 def apply(host: Host) -> None:
     for app in apps.resolve(host):
         root, group, restart = app["root"], app["group"], f"restart {app['name']}"
-        for sub in ("releases", "shared"):
-            files.directory(host, f"{root}/{sub}", owner="root", group=group, mode="0750")
+        # releases/ is traversable (0751) so nginx can serve static files from
+        # the code; shared/ (settings, state) is closed to everyone but the app.
+        files.directory(host, f"{root}/releases", owner="root", group=group, mode="0751")
+        files.directory(host, f"{root}/shared", owner="root", group=group, mode="0750")
         files.directory(host, app["state_dir"], owner=app["user"], group=group, mode="0750")
         files.template(host, "app.env.j2", app["env_file"], owner="root", group=group,
                        mode="0640", secret=True, app=app, notify=restart)

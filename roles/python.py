@@ -26,7 +26,8 @@ def apply(host: Host) -> None:
         server.group(host, app["group"])
         server.user(host, app["user"], group=app["group"], system=True,
                     shell="/usr/sbin/nologin", home=app["root"])
-        files.directory(host, app["root"], owner="root", group=app["group"], mode="0750")
+        # Traversable, not listable: nginx reaches static files in the release.
+        files.directory(host, app["root"], owner="root", group=app["group"], mode="0751")
         files.directory(host, f"{app['root']}/venvs", owner="root", group=app["group"],
                         mode="0750")
         python.venv(host, app["venv"], app["requirements_text"], owner="root", group="root")

@@ -48,6 +48,8 @@ def lab_leftovers(lab: Lab) -> list[str]:
 class TestLab:
     """The suite's lab: hosts are started on demand and shared by name."""
 
+    __test__ = False  # not a test class
+
     def __init__(self, tmp: Path) -> None:
         self.lab = Lab(LAB_NAME, LAB_SUBNET)
         self.inventory_path = tmp / "inventory" / "lab.yml"

@@ -78,17 +78,20 @@ def authorized_key(user: str, key: str) -> OpGenerator:
         f'grep -qxF {q(key)} "$h/.ssh/authorized_keys" 2>/dev/null && echo present || echo absent'
     )
     lines = res.out.splitlines()
-    if not lines or not lines[0]:
-        return Fail(f"user {user} does not exist")
-    if lines[-1] == "present":
+    exists = bool(lines and lines[0])
+    if exists and lines[-1] == "present":
         return NoChange("key present")
-    home = q(lines[0])
+    # The home is looked up when the change runs: an earlier operation of the same
+    # run may create the user (in check mode it does not exist yet).
+    home = '"$h"'
     return Change([
+        f'h=$(getent passwd {q(user)} | cut -d: -f6); '
+        f'[ -n "$h" ] || {{ echo {q(f"user {user} does not exist")} >&2; exit 1; }}',
         f"install -d -m 700 -o {q(user)} -g $(id -gn {q(user)}) {home}/.ssh",
         f"printf '%s\\n' {q(key)} >> {home}/.ssh/authorized_keys",
         f"chown {q(user)}: {home}/.ssh/authorized_keys",
         f"chmod 600 {home}/.ssh/authorized_keys",
-    ], "key added")
+    ], "key added" if exists else f"key added (user {user} does not exist yet)")
 
 
 @operation
