@@ -34,6 +34,12 @@ def update(cache_valid_time: int = 3600) -> OpGenerator:
     return Change([UPDATE], "package lists refreshed")
 
 
+def _split(name: str) -> tuple[str, str, str | None]:
+    """``"libc6:amd64=2.36-9"`` -> (bare ``libc6``, query ``libc6:amd64``, pin ``2.36-9``)."""
+    query, _, pin = name.partition("=")
+    return query.split(":")[0], query, pin or None
+
+
 @operation
 def packages(
     names: Sequence[str],
@@ -43,27 +49,34 @@ def packages(
 ) -> OpGenerator:
     """Packages ``names`` are installed (or, with ``present=False``, removed).
 
+    A name may carry an architecture (``libc6:amd64``) or a version pin
+    (``nginx=1.22.1-9``); a pinned package installed at another version counts
+    as missing. Held packages count as installed. Removal ignores the pin.
+
     Example: ``packages(host, ["nginx", "python3-venv"])``
     """
-    names = list(names)
+    wanted = [(n, *_split(n)) for n in names]
+    pinned = any(pin for *_, pin in wanted)
+    fmt = "${Package} ${db:Status-Abbrev} ${Version}" if pinned else "${Package} ${db:Status-Abbrev}"
     res = yield Probe(
-        "dpkg-query -W -f='${Package} ${db:Status-Abbrev}\\n' "
-        + " ".join(q(n) for n in names) + " 2>/dev/null; " + _AGE
+        f"dpkg-query -W -f='{fmt}\\n' "
+        + " ".join(q(query) for _, _, query, _ in wanted) + " 2>/dev/null; " + _AGE
     )
-    installed = {
-        parts[0].split(":")[0]
-        for parts in (ln.split() for ln in res.out.splitlines())
-        if len(parts) >= 2 and parts[1].startswith("ii")
-    }
+    # Status-Abbrev is desired, status and error flags: "ii ", "hi " (held); "i" second = installed.
+    installed: dict[str, str] = {}
+    for parts in (ln.split() for ln in res.out.splitlines()):
+        if len(parts) >= 2 and parts[1][1:2] == "i":
+            installed[parts[0].split(":")[0]] = parts[2] if len(parts) > 2 else ""
     if present:
-        missing = [n for n in names if n.split("=")[0] not in installed]
+        missing = [n for n, bare, _, pin in wanted
+                   if bare not in installed or (pin is not None and installed[bare] != pin)]
         if not missing:
             return NoChange("all installed")
         cmds = [] if _age(res.out) < cache_valid_time else [UPDATE]
         rec = "" if install_recommends else " --no-install-recommends"
         cmds.append(f"{APT_GET}{rec} install " + " ".join(q(n) for n in missing))
         return Change(cmds, "installed " + ", ".join(missing))
-    extra = [n for n in names if n in installed]
+    extra = [query for _, bare, query, _ in wanted if bare in installed]
     if not extra:
         return NoChange("none installed")
     return Change([f"{APT_GET} remove " + " ".join(q(n) for n in extra)],

@@ -34,20 +34,26 @@ def directory(
 ) -> OpGenerator:
     """A directory with owner, group and mode; parents are created as needed.
 
+    Special bits (setuid, setgid, sticky) are added when ``mode`` asks for them
+    but never removed (GNU chmod keeps a directory's setuid and setgid bits under
+    a numeric mode): ``2755`` is as asked for ``0755``.
+
     Example: ``directory(host, "/srv/hello", owner="root", group="hello", mode="0750")``
     """
     res = yield Probe(f"stat -c '%F|%U|%G|%a' {q(path)} 2>/dev/null || echo absent")
     state = res.out.strip()
-    fix = [f"chown {q(owner)}:{q(group)} {q(path)}", f"chmod {_mode(mode)} {q(path)}"]
+    chown = f"chown {q(owner)}:{q(group)} {q(path)}"
     if state == "absent":
-        return Change([f"mkdir -p {q(path)}", *fix], "created")
+        return Change([f"mkdir -p {q(path)}", chown, f"chmod {_mode(mode)} {q(path)}"], "created")
     kind, cur_owner, cur_group, cur_mode = state.split("|")
     if kind != "directory":
         return Fail(f"{path} exists and is a {kind}, not a directory")
-    if (cur_owner, cur_group, cur_mode) == (owner, group, _mode(mode)):
+    want, cur = int(_mode(mode), 8), int(cur_mode, 8)
+    if (cur_owner, cur_group) == (owner, group) and cur & (want | 0o777) == want:
         return NoChange("directory as asked")
-    return Change(fix, f"owner/mode {cur_owner}:{cur_group} {cur_mode} -> "
-                       f"{owner}:{group} {_mode(mode)}")
+    new_mode = format(want | cur & 0o7000, "o")  # special bits already set are kept
+    return Change([chown, f"chmod {new_mode} {q(path)}"],
+                  f"owner/mode {cur_owner}:{cur_group} {cur_mode} -> {owner}:{group} {new_mode}")
 
 
 def _file_probe(path: str, want_sha: str) -> str:
@@ -56,7 +62,9 @@ def _file_probe(path: str, want_sha: str) -> str:
 if [ -f "$p" ] && [ ! -L "$p" ]; then
   stat -c '%U|%G|%a' "$p"
   s=$(sha256sum < "$p"); s=${{s%% *}}; echo "$s"
-  [ "$s" = {want_sha} ] || [ "$(stat -c %s "$p")" -gt {MAX_DIFF_BYTES} ] || base64 -w0 "$p"
+  if [ "$s" = {want_sha} ]; then echo same
+  elif [ "$(stat -c %s "$p")" -gt {MAX_DIFF_BYTES} ]; then echo large
+  else printf 'b64:'; base64 -w0 "$p"; echo; fi
 elif [ -e "$p" ] || [ -L "$p" ]; then echo notfile
 else echo absent; fi"""
 
@@ -92,8 +100,10 @@ def file(
     cur_owner, cur_group, cur_mode = state.split("|")
     cur_sha = lines[1] if len(lines) > 1 else ""
     if cur_sha != want:
-        old = base64.b64decode(lines[2]) if len(lines) > 2 else None
-        diff = _diff(path, old, data) if old is not None else "(old content too large to diff)"
+        old = lines[2] if len(lines) > 2 else ""
+        diff = (_diff(path, base64.b64decode(old[4:]), data) if old.startswith("b64:")
+                else "(old content too large to diff)" if old == "large"
+                else "(old content unreadable)")
         return Change(_write_commands(path, owner, group, mode, validate), "content changed",
                       diff, stdin=data, secret=secret)
     if (cur_owner, cur_group, cur_mode) != (owner, group, _mode(mode)):
@@ -118,7 +128,7 @@ def _write_commands(
     if validate:
         check = validate.replace("%s", '"$t"')
         cmds.append(
-            f'if ! out=$({check} 2>&1); then '
+            f'if ! out=$( {{ {check}\n}} 2>&1); then '
             f'echo "validation failed: $(printf "%s" "$out" | tail -n 1)" >&2; exit 1; fi'
         )
     cmds.append(f'mv -f "$t" {q(path)}')
@@ -178,7 +188,7 @@ def symlink(path: str, target: str) -> OpGenerator:
         return Fail(f"{path} exists and is not a symlink")
     tmp = q(f"{path}.keel-tmp")
     cmds = [f"ln -sfn {q(target)} {tmp}", f"mv -Tf {tmp} {p}"]
-    return Change(cmds, f"{current or '(none)'} -> {target}" if current else "created")
+    return Change(cmds, f"{current} -> {target}" if current else "created", before=current)
 
 
 @operation
@@ -239,9 +249,10 @@ def tree(
 ) -> OpGenerator:
     """``remote_dir`` holds exactly the files of ``local_dir``; replaced as a whole.
 
-    A digest of the local tree is kept in ``remote_dir/.keel-tree``; when it
-    matches, nothing is sent. Otherwise a tarball is unpacked beside the target
-    and swapped in by rename.
+    A digest of the local tree and the owner are kept in ``remote_dir/.keel-tree``
+    (``<digest> <owner>:<group>``); when both match, nothing is sent. When only
+    the owner differs the tree is chowned; otherwise a tarball is unpacked beside
+    the target and swapped in by rename.
 
     Example: ``tree(host, "app/", "/srv/hello/releases/3f2a9c/")``
     """
@@ -250,15 +261,21 @@ def tree(
         return Fail(f"local directory {local} does not exist")
     digest = tree_digest(local, exclude)
     dest = remote_dir.rstrip("/")
+    marker = f"{digest} {owner}:{group}"
     res = yield Probe(f"cat {q(dest + '/' + TREE_MARKER)} 2>/dev/null || true")
-    if res.out.strip() == digest:
+    if res.out.strip() == marker:
         return NoChange("tree up to date")
+    cur_digest, _, cur_owner = res.out.strip().partition(" ")
+    if cur_digest == digest:  # a marker without an owner (older keel) is chowned once
+        return Change([f"chown -R {q(owner)}:{q(group)} {q(dest)}",
+                       f"echo {q(marker)} > {q(dest + '/' + TREE_MARKER)}"],
+                      f"owner {cur_owner or 'unknown'} -> {owner}:{group}")
     new, old = q(dest + ".keel-new"), q(dest + ".keel-old")
     cmds = [
         f"rm -rf {new} {old}",
         f"mkdir -p {new}",
         f"tar -xzf - -C {new} --no-same-owner",
-        f"echo {digest} > {new}/{TREE_MARKER}",
+        f"echo {q(marker)} > {new}/{TREE_MARKER}",
         f"chown -R {q(owner)}:{q(group)} {new}",
         f"if [ -e {q(dest)} ]; then mv -T {q(dest)} {old}; fi",
         f"mv -T {new} {q(dest)}",

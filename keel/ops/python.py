@@ -28,20 +28,28 @@ def venv(
 ) -> OpGenerator:
     """A venv at ``path`` with exactly ``requirements`` (the text of a requirements file).
 
-    It is rebuilt only when the requirements or the interpreter change; the
-    marker ``path/.keel-venv`` records both and is written last, so a failed
-    install is retried on the next run.
+    It is rebuilt only when the requirements or the interpreter change, and
+    chowned when only the owner changes; the marker ``path/.keel-venv`` records
+    all three (``<sha256> <interpreter> <owner>:<group>``) and is written last,
+    so a failed install is retried on the next run.
 
     Example: ``venv(host, "/srv/hello/venvs/3f2a", "flask==3.1.3\\nuwsgi==2.0.31\\n")``
     """
     p = q(path)
-    res = yield Probe(f"cat {p}/{MARKER} 2>/dev/null; echo; " + _INTERPRETER.format(python=python))
+    res = yield Probe(f"cat {p}/{MARKER} 2>/dev/null; echo; "
+                      + _INTERPRETER.format(python=q(python)))
     lines = res.out.splitlines()
     interpreter = lines[-1].strip() if lines else ""
-    want = f"{requirements_key(requirements)} {interpreter}"
-    if lines and lines[0].strip() == want:
-        return NoChange("requirements and interpreter unchanged")
-    reason = "created" if not (lines and lines[0].strip()) else "requirements or interpreter changed"
+    current = lines[0].strip() if lines else ""
+    built = f"{requirements_key(requirements)} {interpreter}"
+    want = f"{built} {owner}:{group}"
+    if current == want:
+        return NoChange("requirements, interpreter and owner unchanged")
+    if current == built or current.rpartition(" ")[0] == built:  # no owner: older keel
+        cur_owner = current[len(built):].strip() or "unknown"
+        return Change([f"chown -R {q(owner)}:{q(group)} {p}", f"echo {q(want)} > {p}/{MARKER}"],
+                      f"owner {cur_owner} -> {owner}:{group}")
+    reason = "created" if not current else "requirements or interpreter changed"
     pip = f"{p}/bin/pip install -q --disable-pip-version-check --no-input"
     return Change([
         f"rm -rf {p}",

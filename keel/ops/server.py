@@ -22,24 +22,27 @@ def user(
     group: str | None = None,
     groups: Sequence[str] = (),
     system: bool = True,
-    shell: str = "/usr/sbin/nologin",
+    shell: str | None = None,
     home: str | None = None,
     create_home: bool = False,
 ) -> OpGenerator:
     """User ``name`` exists with this primary group, shell and home, and is in ``groups``.
 
     Supplementary groups are added, never removed (as Ansible's ``append: yes``).
+    ``shell`` and ``home`` are enforced on an existing user only when given; a new
+    user gets ``/usr/sbin/nologin`` and ``/nonexistent`` if ``system``, else
+    ``/bin/bash`` and ``/home/<name>``.
 
     Example: ``user(host, "hello", group="hello", shell="/usr/sbin/nologin", home="/srv/hello")``
     """
     res = yield Probe(f"getent passwd {q(name)} && id -gn {q(name)} && id -Gn {q(name)} || true")
     lines = res.out.splitlines()
-    home = home or (f"/home/{name}" if not system else "/nonexistent")
     if not lines:
         args = ["useradd"]
         if system:
             args.append("--system")
-        args += ["--shell", q(shell), "--home-dir", q(home)]
+        args += ["--shell", q(shell or ("/usr/sbin/nologin" if system else "/bin/bash")),
+                 "--home-dir", q(home or ("/nonexistent" if system else f"/home/{name}"))]
         args.append("--create-home" if create_home else "--no-create-home")
         args += ["--gid", q(group)] if group else ["--user-group"]
         if groups:
@@ -54,7 +57,7 @@ def user(
     if group and cur_group != group:
         mods += ["--gid", q(group)]
         why.append(f"group {cur_group} -> {group}")
-    if cur_shell != shell:
+    if shell and cur_shell != shell:
         mods += ["--shell", q(shell)]
         why.append(f"shell {cur_shell} -> {shell}")
     if home and cur_home != home:
@@ -88,6 +91,9 @@ def authorized_key(user: str, key: str) -> OpGenerator:
         f'h=$(getent passwd {q(user)} | cut -d: -f6); '
         f'[ -n "$h" ] || {{ echo {q(f"user {user} does not exist")} >&2; exit 1; }}',
         f"install -d -m 700 -o {q(user)} -g $(id -gn {q(user)}) {home}/.ssh",
+        # A last line without a newline would be joined to the key.
+        f'if [ -s {home}/.ssh/authorized_keys ] && [ -n "$(tail -c 1 {home}/.ssh/authorized_keys)" ]; '
+        f"then echo >> {home}/.ssh/authorized_keys; fi",
         f"printf '%s\\n' {q(key)} >> {home}/.ssh/authorized_keys",
         f"chown {q(user)}: {home}/.ssh/authorized_keys",
         f"chmod 600 {home}/.ssh/authorized_keys",
@@ -96,17 +102,40 @@ def authorized_key(user: str, key: str) -> OpGenerator:
 
 @operation
 def hostname(name: str) -> OpGenerator:
-    """The host is called ``name`` (kernel hostname, /etc/hostname, /etc/hosts)."""
-    res = yield Probe("hostname; cat /etc/hostname 2>/dev/null; grep -c '^127.0.1.1' /etc/hosts")
-    lines = res.out.split()
-    if lines[:2] == [name, name]:
+    """The host is called ``name`` (kernel hostname, /etc/hostname, /etc/hosts); only what differs is fixed.
+
+    /etc/hosts is as asked when it has a ``127.0.1.1 <name>`` line and no other 127.0.1.1 line.
+    """
+    res = yield Probe(
+        'echo "kernel=$(hostname)"; echo "file=$(cat /etc/hostname 2>/dev/null)"; '
+        "grep '^127\\.0\\.1\\.1[[:space:]]' /etc/hosts || true"
+    )
+    kernel = file = ""
+    hosts: list[str] = []  # the names after 127.0.1.1
+    for line in res.out.splitlines():
+        fields = line.split()
+        if line.startswith("kernel="):
+            kernel = line[7:].strip()
+        elif line.startswith("file="):
+            file = line[5:].strip()
+        elif fields[:1] == ["127.0.1.1"]:
+            hosts.append(fields[1] if len(fields) > 1 else "")
+    cmds: list[str] = []
+    why: list[str] = []
+    if file != name:
+        cmds.append(f"echo {q(name)} > /etc/hostname")
+        why.append(f"/etc/hostname {file or '(none)'} -> {name}")
+    if kernel != name:
+        cmds.append(f"hostname {q(name)}")
+        why = [f"{kernel or '?'} -> {name}"]  # the headline covers the file too
+    if set(hosts) != {name}:
+        cmds.append(f"sed -i '/^127.0.1.1[[:space:]]/d' /etc/hosts && "
+                    f"printf '127.0.1.1\\t%s\\n' {q(name)} >> /etc/hosts")
+        if kernel == name:
+            why.append(f"/etc/hosts 127.0.1.1 {' '.join(hosts) or '(none)'} -> {name}")
+    if not cmds:
         return NoChange("hostname as asked")
-    return Change([
-        f"echo {q(name)} > /etc/hostname",
-        f"hostname {q(name)}",
-        f"sed -i '/^127.0.1.1[[:space:]]/d' /etc/hosts && printf '127.0.1.1\\t%s\\n' {q(name)} "
-        ">> /etc/hosts",
-    ], f"{lines[0] if lines else '?'} -> {name}")
+    return Change(cmds, "; ".join(why))
 
 
 @operation

@@ -5,6 +5,8 @@ from __future__ import annotations
 from keel.operation import Change, Fail, NoChange, OpGenerator, Probe, operation, q
 
 _PROPS = "LoadState,UnitFileState,ActiveState,NeedDaemonReload"
+# UnitFileStates that ``systemctl is-enabled`` reports as enabled (exit 0).
+_ENABLED = ("enabled", "enabled-runtime", "static", "alias", "generated", "indirect", "transient")
 
 
 def _parse(text: str) -> dict[str, str]:
@@ -16,7 +18,9 @@ def service(name: str, enabled: bool | None = True, running: bool | None = True)
     """Unit ``name`` is enabled (or not) and running (or stopped).
 
     ``systemctl daemon-reload`` runs first only when systemd reports that a
-    unit file changed on disk (NeedDaemonReload=yes).
+    unit file changed on disk (NeedDaemonReload=yes), or when a unit it does not
+    know is to be enabled or started. A missing unit asked to be disabled and/or
+    stopped is left alone.
 
     Example: ``service(host, "nginx", enabled=True, running=True)``
     """
@@ -27,14 +31,15 @@ def service(name: str, enabled: bool | None = True, running: bool | None = True)
     if st.get("NeedDaemonReload") == "yes":
         cmds.append("systemctl daemon-reload")
         why.append("unit file changed")
-    if st.get("LoadState") == "not-found":
+    absent = st.get("LoadState") == "not-found"
+    if absent and (enabled is True or running is True):
         if not cmds:
             cmds.append("systemctl daemon-reload")
         why.append("new unit")
-    elif st.get("LoadState") not in (None, "loaded") and not cmds:
+    elif not absent and st.get("LoadState") not in (None, "loaded") and not cmds:
         return Fail(f"unit {name} cannot be loaded ({st.get('LoadState')})")
     file_state = st.get("UnitFileState", "")
-    if enabled is True and file_state not in ("enabled", "static", "enabled-runtime", "alias"):
+    if enabled is True and file_state not in _ENABLED:
         cmds.append(f"systemctl enable {q(name)}")
         why.append("enabled")
     elif enabled is False and file_state == "enabled":
@@ -48,7 +53,7 @@ def service(name: str, enabled: bool | None = True, running: bool | None = True)
         cmds.append(f"systemctl stop {q(name)}")
         why.append("stopped")
     if not cmds:
-        return NoChange(f"{file_state or 'unknown'}, {active or 'unknown'}")
+        return NoChange("unit absent" if absent else f"{file_state or 'unknown'}, {active or 'unknown'}")
     return Change(cmds, ", ".join(why))
 
 

@@ -210,14 +210,19 @@ def test_uwsgi_ini_directives(app):
     assert opts["max-requests"] == "5000"
     assert opts["buffer-size"] == "32768"
     assert opts["module"] == "hello:create_app()"
-    assert opts["virtualenv"] == "/srv/hello/venv"
-    assert opts["chdir"] == "/srv/hello/current"
+    # Master in /, each worker chdirs into current after fork (chain reloads load
+    # the new release); the venv is the release's own, through current.
+    assert opts["virtualenv"] == "/srv/hello/current/.venv"
+    assert opts["chdir"] == "/"
+    assert opts["hook-post-fork"] == "chdir:/srv/hello/current"
+    assert opts["pythonpath"] == "/srv/hello/current"
+    assert opts["master-fifo"] == "/run/hello/master.fifo"
     assert opts["procname-prefix-spaced"] == "hello"
     # SIGTERM = graceful shutdown; the run dir handed over before the drop.
     assert opts["hook-master-start"] == "unix_signal:15 gracefully_kill_them_all"
     assert opts["hook-as-root"] == "chown:/run/hello hello www-data"
     envs = [value for key, value in pairs if key == "env"]
-    assert "APP_RELEASE=20250101-abc123" in envs
+    assert not [e for e in envs if e.startswith("APP_RELEASE=")]  # read from current/RELEASE
     assert "APP_STATE_DIR=/srv/hello/shared/state" in envs
 
 
@@ -271,7 +276,8 @@ def test_unit_service_section(app):
     service = dict(sections["Service"])
     assert service["Type"] == "notify"
     assert service["NotifyAccess"] == "main"
-    assert service["ExecStart"] == "/srv/hello/venv/bin/uwsgi --ini /etc/uwsgi-apps/hello.ini"
+    assert service["ExecStart"] == (
+        "/srv/hello/current/.venv/bin/uwsgi --ini /etc/uwsgi-apps/hello.ini")
     assert service["ExecReload"] == "/bin/kill -HUP $MAINPID"
     assert service["KillSignal"] == "SIGTERM"
     assert service["KillMode"] == "mixed"
@@ -363,11 +369,11 @@ def test_unit_exposure_score(app, tmp_path):
 @pytest.mark.skipif(SYSTEMD_ANALYZE is None, reason="systemd-analyze is not installed")
 def test_unit_verifies(app, tmp_path):
     # verify insists that ExecStart's binary exists and is executable.
-    uwsgi = tmp_path / "venv" / "bin" / "uwsgi"
+    uwsgi = tmp_path / "current" / ".venv" / "bin" / "uwsgi"
     uwsgi.parent.mkdir(parents=True)
     uwsgi.write_text("#!/bin/sh\nexit 0\n")
     uwsgi.chmod(0o755)
-    app["venv"] = str(tmp_path / "venv")
+    app["code_dir"] = str(tmp_path / "current")
     unit = tmp_path / "hello.service"
     unit.write_text(render("uwsgi.service.j2", app))
     done = analyze("verify", "--man=no", str(unit))
