@@ -5,9 +5,12 @@
     fab deploy            install and deploy the apps: nginx -> uWSGI -> Flask
     fab verify            check the hosts with the testinfra suite
     fab plan              what deploy would change, with diffs; changes nothing
+    fab releases          list releases; fab rollback goes back to the previous good one
 """
 
 from __future__ import annotations
+
+import json as _json
 
 from fabric import task
 from invoke import Collection, Exit
@@ -16,7 +19,8 @@ from keel import cli
 from keel import verify as verifier
 from keel.lab_tasks import lab
 from keel.runner import Play
-from roles import app, apps, nginx, python, uwsgi
+from roles import app as app_role
+from roles import apps, nginx, python, release, uwsgi
 from roles import bootstrap as bootstrap_role
 
 TEMPLATES = [cli.PROJECT_DIR / "templates"]
@@ -29,7 +33,8 @@ def _login(spec) -> str:
 
 
 def _deploy_play() -> Play:
-    return Play("deploy", [apps, python, app, uwsgi, nginx], TEMPLATES, login=_login)
+    return Play("deploy", [apps, python, app_role, release, uwsgi, nginx, release.gate], TEMPLATES,
+                login=_login, lock=True)
 
 
 @task(help=H)
@@ -58,6 +63,25 @@ def plan(c, inventory=None, limit=None, parallel=10, stats=False, json=None, ver
             stats=stats, json_path=json, verbose=verbose, extra_vars=extra_vars)
 
 
+@task(help={"inventory": H["inventory"], "limit": H["limit"], "parallel": H["parallel"],
+            "serial": H["serial"], "to": "release id to go back to (default: the previous good one)",
+            "app": "only this app (default: every app)", "json": H["json"]})
+def rollback(c, inventory=None, limit=None, to="", app="", parallel=10, serial=0, json=None):
+    """Switch back to the previous good release (or --to ID), chain-reload, health-check."""
+    extra = _json.dumps({"rollback_to": to, "rollback_app": app})
+    cli.run(c, Play("rollback", [apps, release.Rollback(), release.gate], TEMPLATES, login=_login,
+                    lock=True),
+            inventory=inventory, limit=limit, parallel=parallel, serial=serial, json_path=json,
+            extra_vars=extra)
+
+
+@task(help={"inventory": H["inventory"], "limit": H["limit"]})
+def releases(c, inventory=None, limit=None):
+    """List each app's releases on each host, marking the current and previous ones."""
+    cli.run(c, Play("releases", [apps, release.Releases()], TEMPLATES, login=_login),
+            inventory=inventory, limit=limit)
+
+
 @task(help={"inventory": H["inventory"], "limit": H["limit"],
             "junit_xml": "also write a JUnit XML report here"})
 def verify(c, inventory=None, limit=None, junit_xml=None):
@@ -70,4 +94,4 @@ def verify(c, inventory=None, limit=None, junit_xml=None):
         raise Exit(f"verify: checks failed on {len(hosts)} host(s) selected (see above)", code=rc)
 
 
-ns = Collection(bootstrap, deploy, plan, verify, lab)
+ns = Collection(bootstrap, deploy, plan, verify, rollback, releases, lab)

@@ -48,6 +48,8 @@ class Host:
         self.results: list[Result] = []
         self.notified: list[str] = list(facts.pending_handlers)
         self.handled: list[str] = []
+        #: The play's handlers, in order (set by the runner).
+        self.handlers: dict[str, Handler] = {}
         self.reporter = reporter
         self._jinja = jinja2.Environment(
             loader=jinja2.FileSystemLoader([str(d) for d in template_dirs or []]),
@@ -88,7 +90,7 @@ class Host:
         diff = "(secret content hidden)" if change.secret and change.diff else change.diff
         result = Result(
             self.name, op, target, True, change.reason, diff=diff, check=self.check,
-            commands=list(change.commands),
+            commands=list(change.commands), before=change.before,
         )
         for name in notify:
             if name not in self.notified:
@@ -138,13 +140,23 @@ class Host:
         finally:
             other.close()
 
+    def say(self, text: str) -> None:
+        """Print an informational line for this host (e.g. a listing)."""
+        if self.reporter:
+            self.reporter.info(self.name, text)
+
     # ------------------------------------------------------------ handlers
     def notify(self, name: str) -> None:
         if name not in self.notified:
             self.notified.append(name)
 
-    def flush_handlers(self, handlers: Mapping[str, Handler]) -> None:
-        """Run each notified handler once, in the order the play defines them."""
+    def flush_handlers(self, handlers: Mapping[str, Handler] | None = None) -> None:
+        """Run each notified handler once, in the order the play defines them.
+
+        Roles may call it mid-play (like Ansible's ``meta: flush_handlers``)
+        when a later step needs the handlers' effect, e.g. a health check.
+        """
+        handlers = self.handlers if handlers is None else handlers
         pending = [n for n in handlers if n in self.notified]
         unknown = [n for n in self.notified if n not in handlers]
         for name in pending:

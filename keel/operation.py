@@ -57,6 +57,8 @@ class Change:
     stdin: bytes = b""
     # Hidden from output (secrets): the diff is replaced by a note.
     secret: bool = False
+    #: The previous value, where the operation knows it (a symlink's old target).
+    before: str = ""
 
 
 @dataclass
@@ -91,6 +93,7 @@ class Result:
     error: str = ""
     check: bool = False
     commands: list[str] = field(default_factory=list)
+    before: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -98,6 +98,9 @@ class Reporter:
         word = "would run handler" if check else "handler"
         self._print(f"[bold]{host}[/] [magenta]{word}[/]  {escape(name)}")
 
+    def info(self, host: str, message: str) -> None:
+        self._print(f"[bold]{host}[/]  {escape(message)}")
+
     def warn(self, host: str, message: str) -> None:
         self._print(f"[bold]{host}[/] [yellow]warning[/]  {escape(message)}")
 

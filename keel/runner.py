@@ -18,21 +18,23 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from keel import lock
 from keel.connection import Connection
 from keel.errors import HostError, KeelError, UnreachableError
 from keel.facts import gather
 from keel.host import Host
 from keel.inventory import HostSpec
 from keel.operation import Result
-from keel.output import Reporter, secret_values
+from keel.output import Reporter, mask, secret_values
 
 
 @dataclass
@@ -47,6 +49,8 @@ class Play:
     roles: Sequence[Any]
     template_dirs: list[Path] = field(default_factory=list)
     login: Callable[[HostSpec], str | None] | None = None
+    #: Hold the host's run lock (see keel.lock): a second concurrent run fails.
+    lock: bool = False
 
     def defaults(self) -> dict[str, Any]:
         merged: dict[str, Any] = {}
@@ -127,15 +131,24 @@ def run_host(
         conn = Connection.open(spec, sudo_password=opts.sudo_password, user=user)
         host = Host(spec, conn, gather(conn), variables, check=opts.check,
                     template_dirs=play.template_dirs, reporter=reporter)
+        locked = play.lock and not opts.check
+        if locked:
+            stale = lock.acquire(conn, play.name)
+            if stale:
+                reporter.warn(spec.name, f"previous run did not finish (stale lock: {stale})")
         try:
             if body is not None:
                 body(host)
             else:
+                host.handlers = play.handlers(host)
                 for role in play.roles:
                     role.apply(host)
-                host.flush_handlers(play.handlers(host))
+                host.flush_handlers()
         finally:
             outcome.results = host.results
+            if locked:
+                with contextlib.suppress(KeelError):  # a lost connection frees it anyway
+                    lock.release(conn)
     except UnreachableError as exc:
         outcome.unreachable, outcome.error = True, str(exc)
     except KeelError as exc:
@@ -183,15 +196,30 @@ def run_play(
             stop = True
     reporter.recap(outcomes, stats=opts.stats)
     if opts.json_path:
-        write_json(opts.json_path, play, opts, outcomes)
+        secrets = {h.name: secret_values({**play.defaults(), **h.vars, **opts.extra_vars})
+                   for h in hosts}
+        write_json(opts.json_path, play, opts, outcomes, secrets)
     return outcomes
 
 
-def write_json(path: Path, play: Play, opts: RunOptions, outcomes: list[HostOutcome]) -> None:
+def write_json(path: Path, play: Play, opts: RunOptions, outcomes: list[HostOutcome],
+               secrets: Mapping[str, set[str]] | None = None) -> None:
+    """Per-host, per-operation results; each host's secret values masked as on the terminal."""
+    secrets = secrets or {}
     doc = {"play": play.name, "check": opts.check,
-           "hosts": {o.name: o.to_dict() for o in outcomes}}
+           "hosts": {o.name: _masked(o.to_dict(), secrets.get(o.name, set())) for o in outcomes}}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(doc, indent=2) + "\n")
+
+
+def _masked(obj: Any, secrets: set[str]) -> Any:
+    if isinstance(obj, str):
+        return mask(obj, secrets)
+    if isinstance(obj, dict):
+        return {k: _masked(v, secrets) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_masked(v, secrets) for v in obj]
+    return obj
 
 
 def failed(outcomes: Sequence[HostOutcome]) -> bool:

@@ -8,6 +8,7 @@ switches to it.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 from keel.host import Host
@@ -43,29 +44,52 @@ def _as_app_user(app: dict[str, Any], cmd: str) -> str:
 
 def apply(host: Host) -> None:
     for app in apps.resolve(host):
-        root, group, restart = app["root"], app["group"], f"restart {app['name']}"
+        root, group, rel = app["root"], app["group"], app["release_dir"]
         # releases/ is traversable (0751) so nginx can serve static files from
         # the code; shared/ (settings, state) is closed to everyone but the app.
         files.directory(host, f"{root}/releases", owner="root", group=group, mode="0751")
         files.directory(host, f"{root}/shared", owner="root", group=group, mode="0750")
         files.directory(host, app["state_dir"], owner=app["user"], group=group, mode="0750")
+        # systemd reads the environment only when it starts the service.
         files.template(host, "app.env.j2", app["env_file"], owner="root", group=group,
-                       mode="0640", secret=True, app=app, notify=restart)
-        files.tree(host, app["source"], app["release_dir"], owner="root", group=group,
-                   name=app["release_dir"])
-        venv_key = app["venv"].rsplit("/", 1)[1]
-        marker = f"{app['release_dir']}/.keel-import-ok-{venv_key}"
-        server.command(
-            host, _as_app_user(app, f"python -c {q(IMPORT_CHECK)} {q(app['module'])}")
-            + f" && touch {q(marker)}",
-            creates=marker, chdir=app["release_dir"],
-            name=f"{app['name']}: import {app['module']} in release {app['release']}",
-        )
+                       mode="0640", secret=True, app=app, notify=f"restart {app['name']}")
+        files.tree(host, app["source"], rel, owner="root", group=group, name=rel)
+        files.file(host, f"{rel}/RELEASE", app["release"] + "\n", group=group)
+        files.symlink(host, f"{rel}/.venv", f"../../venvs/{app['venv'].rsplit('/', 1)[1]}")
+        # Checked again whenever the release, the venv or the module changes.
+        key = hashlib.sha256(f"{app['venv']} {app['module']}".encode()).hexdigest()[:12]
+        _once(host, app, f"import-ok-{key}", f"python -c {q(IMPORT_CHECK)} {q(app['module'])}",
+              f"import {app['module']} in release {app['release']}")
         for i, cmd in enumerate(app["pre_start"]):
-            # Once per release; the marker is written (by root) only on success.
-            marker = f"{app['release_dir']}/.keel-pre-start-{i}"
-            server.command(
-                host, _as_app_user(app, cmd) + f" && touch {q(marker)}",
-                creates=marker, chdir=app["release_dir"], name=f"{app['name']}: {cmd}",
-            )
-        files.symlink(host, app["code_dir"], f"releases/{app['release']}", notify=restart)
+            _once(host, app, f"pre-start-{i}", cmd, cmd)
+        _once(host, app, f"canary-ok-{key}", _canary(app),
+              f"canary /healthz of release {app['release']}")
+
+
+def _once(host: Host, app: dict[str, Any], marker: str, cmd: str, label: str) -> None:
+    """Run ``cmd`` in the release as the app user, once: the marker is written only on success."""
+    path = f"{app['release_dir']}/.keel-{marker}"
+    server.command(host, _as_app_user(app, cmd) + f" && touch {q(path)}", creates=path,
+                   chdir=app["release_dir"], name=f"{app['name']}: {label}")
+
+
+def _canary(app: dict[str, Any]) -> str:
+    """Serve the new release from a throwaway uWSGI on a private socket and ask /healthz.
+
+    A release that cannot answer never becomes current, so it never takes traffic.
+    """
+    return (
+        'd=$(mktemp -d); s="$d/canary.sock"; '
+        f"uwsgi --need-app --strict --master --processes 1 --die-on-term --disable-logging "
+        f"--http-socket \"$s\" --chdir {q(app['release_dir'])} "
+        f"--virtualenv {q(app['release_dir'] + '/.venv')} --module {q(app['module'])} "
+        f">\"$d/log\" 2>&1 & pid=$!; "
+        "code=000; for i in $(seq 1 150); do "
+        'code=$(curl -s -o "$d/body" -w "%{http_code}" --max-time 5 --unix-socket "$s" '
+        "http://localhost/healthz 2>/dev/null); "
+        '[ "$code" = 200 ] && break; kill -0 $pid 2>/dev/null || break; sleep 0.2; done; '
+        'kill -INT $pid 2>/dev/null; wait $pid 2>/dev/null; '
+        'if [ "$code" != 200 ]; then '
+        'echo "canary /healthz answered $code: $(tail -c 300 "$d/body" "$d/log" 2>/dev/null '
+        '| grep -v "^==" | grep . | tail -n 1)" >&2; rm -rf "$d"; exit 1; fi; rm -rf "$d"'
+    )

@@ -22,13 +22,16 @@ def apply(host: Host) -> None:
     files.directory(host, INI_DIR, owner="root", group="root", mode="0755")
     nginx_group = host.vars["nginx_group"]
     for app in apps.resolve(host):
-        restart = f"restart {app['name']}"
+        restart, reload = f"restart {app['name']}", f"reload {app['name']}"
         # Readable by the app user: the master re-reads it on reload, after the uid drop.
+        # A changed ini needs only a graceful reload (SIGHUP: the master re-execs).
         files.template(host, "uwsgi.ini.j2", app["ini_path"], owner="root", group=app["group"],
-                       mode="0640", app=app, nginx_group=nginx_group, notify=restart)
+                       mode="0640", app=app, nginx_group=nginx_group, notify=reload)
         files.template(host, "uwsgi.service.j2", f"/etc/systemd/system/{app['unit']}",
                        app=app, nginx_group=nginx_group, notify=restart)
-        systemd.service(host, app["unit"], enabled=True, running=True)
+        started = systemd.service(host, app["unit"], enabled=True, running=True)
+        if "started" in started.reason:  # just started with everything new: nothing to redo
+            host.notified[:] = [n for n in host.notified if n not in (restart, reload)]
 
 
 def handlers(host: Host) -> dict[str, Callable[[Host], Any]]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 REQUIRED = ("APP_SECRET_KEY", "APP_STATE_DIR")
 
@@ -34,11 +35,21 @@ class Settings:
     missing: tuple[str, ...]
 
 
+def _release_file() -> str | None:
+    """The deploy writes the release id to ``RELEASE`` beside the package (like
+    Capistrano's REVISION); read per process, so a chain reload picks up the new one."""
+    path = Path(__file__).resolve().parent.parent / "RELEASE"
+    try:
+        return path.read_text().strip() or None
+    except OSError:
+        return None
+
+
 def load_settings(environ: Mapping[str, str]) -> Settings:
     """Build Settings from an environment mapping.
 
     - ``APP_NAME``: shown on the index page (default ``hello``).
-    - ``APP_RELEASE``: release id being served (default ``dev``).
+    - ``APP_RELEASE``: release id being served (default: the ``RELEASE`` file, else ``dev``).
     - ``APP_STATE_DIR``: writable directory for state (required).
     - ``APP_SECRET_KEY``: Flask secret key (required).
     - ``APP_CPU_MAX_N``: upper clamp for ``/cpu?n=`` (default 5,000,000).
@@ -57,7 +68,7 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
 
     return Settings(
         name=get("APP_NAME") or "hello",
-        release=get("APP_RELEASE") or "dev",
+        release=get("APP_RELEASE") or _release_file() or "dev",
         state_dir=get("APP_STATE_DIR"),
         secret_key=get("APP_SECRET_KEY"),
         cpu_max_n=cpu_max_n,

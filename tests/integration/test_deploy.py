@@ -102,11 +102,14 @@ def broken_app(tmp_path: Path) -> Path:
 def _deploy_bad(test_lab: TestLab, deployed: HostSpec, extra: str) -> str:
     code, before = _get(deployed)
     assert code == 200
-    proc = fab("deploy", "--limit", "lab1", "--extra-vars", extra,
-               inventory=test_lab.inventory_path)
-    assert proc.returncode != 0, proc.stdout
-    line = _error_line(proc, "lab1")
-    assert _get(deployed) == (200, before), "the host stopped serving the old release"
+    try:
+        proc = fab("deploy", "--limit", "lab1", "--extra-vars", extra,
+                   inventory=test_lab.inventory_path)
+        assert proc.returncode != 0, proc.stdout
+        line = _error_line(proc, "lab1")
+        assert _get(deployed) == (200, before), "the host stopped serving the old release"
+    finally:  # put the good release back, so one failure does not cascade
+        fab("deploy", "--limit", "lab1", inventory=test_lab.inventory_path)
     return line
 
 
@@ -123,7 +126,7 @@ def test_missing_module(test_lab: TestLab, deployed: HostSpec) -> None:
 
 def test_app_that_fails_to_import(test_lab: TestLab, deployed: HostSpec, broken_app: Path) -> None:
     init = broken_app / "hello" / "__init__.py"
-    init.write_text("import definitely_not_installed\n" + init.read_text())
+    init.write_text(init.read_text() + "\nimport definitely_not_installed\n")
     line = _deploy_bad(test_lab, deployed, _apps(source=str(broken_app)))
     assert line.endswith("ModuleNotFoundError: No module named 'definitely_not_installed'")
 
@@ -142,9 +145,10 @@ def test_invalid_nginx_config_from_vars(test_lab: TestLab, deployed: HostSpec) -
     assert "client_max_body_size" in line
 
 
-def test_undefined_template_variable(test_lab: TestLab, deployed: HostSpec) -> None:
-    line = _deploy_bad(test_lab, deployed, '{"nginx_group": null}')
-    assert line.startswith("lab1: template uwsgi.ini.j2")
+def test_failing_template(test_lab: TestLab, deployed: HostSpec) -> None:
+    line = _deploy_bad(test_lab, deployed, _apps(env={"NOT A NAME": "x"}))
+    assert line == ("lab1: template app.env.j2:6: "
+                    "'ERROR_app_env_keys_must_be_valid_environment_variable_names' is undefined")
 
 
 def test_unknown_app_setting(test_lab: TestLab, deployed: HostSpec) -> None:

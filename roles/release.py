@@ -1,0 +1,249 @@
+"""release: make the prepared release current without dropping a request, prove it, or roll back.
+
+The switch is one atomic rename of ``/srv/<app>/current``. If uWSGI is running,
+a *chain reload* follows (master FIFO ``c``): one worker at a time is replaced,
+each new one importing the app from the release ``current`` now points to,
+and the next old one goes only when the new one is ready. nginx keeps sending
+requests all along.
+
+:data:`gate` runs at the end of the play, after handlers: ``/healthz`` and
+``/version`` through nginx, plus the socket and the unit. If that fails and
+this run switched releases, ``current`` goes back to the previous release,
+uWSGI chain-reloads again, and the run fails with the reason.
+
+Each app keeps ``/srv/<app>/releases.log`` (``<time> <event> <release>``) and
+its last ``keep_releases`` releases; ``fab releases`` lists them and
+``fab rollback`` goes back to the previous good one.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from keel.errors import HostError
+from keel.host import Host
+from keel.operation import q
+from keel.ops import files, server
+from roles import apps
+
+DEFAULTS: dict[str, Any] = {
+    # Release directories kept per app (the current and previous are always kept).
+    "keep_releases": 5,
+    # Seconds a chain reload may take before the deploy gives up on it.
+    "reload_timeout": 90,
+    # Seconds the new release has to answer /healthz and /version through nginx.
+    "health_timeout": 30,
+}
+
+# Runs on the host: chain-reload through the master FIFO, then wait until every
+# worker that was alive has been replaced (read from the stats socket).
+CHAIN_RELOAD = r"""
+import json, os, socket, sys, time
+fifo, stats, timeout = sys.argv[1], sys.argv[2], float(sys.argv[3])
+def workers():
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(5)
+    s.connect(stats)
+    data = b""
+    while chunk := s.recv(65536):
+        data += chunk
+    s.close()
+    return [w for w in json.loads(data)["workers"] if w["pid"] > 0]
+old = {w["pid"] for w in workers()}
+with open(fifo, "w") as f:
+    f.write("c")
+deadline = time.monotonic() + timeout
+while time.monotonic() < deadline:
+    time.sleep(0.2)
+    try:
+        now = workers()
+    except OSError:
+        continue
+    if now and not old & {w["pid"] for w in now}:
+        print(f"{len(old)} workers replaced")
+        sys.exit(0)
+sys.exit(f"chain reload did not finish in {timeout:.0f}s")
+"""
+
+
+def _log(app: dict[str, Any], event: str, release: str) -> str:
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    return f"echo {q(f'{stamp} {event} {release}')} >> {q(app['root'] + '/releases.log')}"
+
+
+def _running(host: Host, app: dict[str, Any]) -> bool:
+    return host.run(f"[ -p {q(_fifo(app))} ] && systemctl is-active -q {q(app['unit'])}").ok
+
+
+def _fifo(app: dict[str, Any]) -> str:
+    return app["socket"].rsplit("/", 1)[0] + "/master.fifo"
+
+
+def chain_reload(host: Host, app: dict[str, Any]) -> None:
+    """Reload workers one at a time onto the release ``current`` points to."""
+    if host.check or not _running(host, app):
+        return
+    server.command(
+        host, f"python3 -c {q(CHAIN_RELOAD)} {q(_fifo(app))} {q(app['stats_socket'])} "
+              f"{int(host.vars['reload_timeout'])}",
+        name=f"{app['name']}: chain reload")
+
+
+def switch(host: Host, app: dict[str, Any], release: str) -> str | None:
+    """Point ``current`` at ``release``; return the release it pointed to ("" if none),
+    or None if it already pointed there."""
+    res = files.symlink(host, app["code_dir"], f"releases/{release}")
+    if not res.changed:
+        return None
+    if not host.check:
+        host.run(_log(app, "switched", release))
+    return res.before.rsplit("/", 1)[-1]
+
+
+def apply(host: Host) -> None:
+    """Switch each app to its new release and chain-reload it; prune old releases."""
+    switched: dict[str, str] = host.__dict__.setdefault("switched", {})
+    for app in apps.resolve(host):
+        before = switch(host, app, app["release"])
+        if before is not None:
+            switched[app["name"]] = before
+            chain_reload(host, app)
+            prune(host, app)
+
+
+def health_problem(host: Host, app: dict[str, Any], release: str) -> str | None:
+    """Why ``release`` is not healthy through nginx right now, or None."""
+    name = app["server_name"].split()[0]
+    name = "localhost" if name == "_" else name
+    url = f"http://127.0.0.1:{app['listen']}"
+    script = f"""
+end=$(( $(date +%s) + {int(host.vars['health_timeout'])} ))
+while :; do
+  h=$(curl -s -o /dev/null -w '%{{http_code}}' --max-time 5 -H {q('Host: ' + name)} {url}/healthz)
+  v=$(curl -s --max-time 5 -H {q('Host: ' + name)} {url}/version)
+  case "$v" in *{q(release)}*) [ "$h" = 200 ] && break ;; esac
+  [ "$(date +%s)" -lt "$end" ] ||
+    {{ echo "/healthz answered $h, /version answered ${{v:-nothing}}"; exit 1; }}
+  sleep 0.3
+done
+[ -S {q(app['socket'])} ] || {{ echo "socket {app['socket']} is missing"; exit 1; }}
+systemctl is-active -q {q(app['unit'])} || {{ echo "{app['unit']} is not active"; exit 1; }}
+"""
+    res = host.run(script)
+    return None if res.ok else (res.out.strip().splitlines() or [f"exit {res.rc}"])[-1]
+
+
+class Gate:
+    """The last role of a deploy: flush handlers, then prove every app healthy or roll back."""
+
+    DEFAULTS: dict[str, Any] = {}
+
+    def apply(self, host: Host) -> None:
+        if host.check:
+            return
+        host.flush_handlers()
+        if not host.changed and not host.handled:
+            return  # nothing changed: nothing new to prove
+        switched: dict[str, str] = host.__dict__.get("switched", {})
+        for app in apps.resolve(host):
+            release = app["release"]
+            problem = health_problem(host, app, release)
+            if problem is None:
+                if app["name"] in switched:
+                    host.run(_log(app, "live", release))
+                continue
+            host.run(_log(app, "failed", release))
+            before = switched.get(app["name"])
+            if not before:
+                raise HostError(host.name, f"app {app['name']}: release {release} is not healthy: "
+                                           f"{problem}")
+            switch(host, app, before)
+            chain_reload(host, app)
+            raise HostError(host.name, f"app {app['name']}: release {release} failed its health "
+                                       f"check ({problem}); rolled back to {before}")
+
+
+gate = Gate()
+
+
+# ----------------------------------------------------------------- history
+def history(host: Host, app: dict[str, Any]) -> tuple[str, list[str], list[str]]:
+    """(current release, releases on disk newest first, ``live`` releases oldest first)."""
+    res = host.run(
+        f"readlink {q(app['code_dir'])}; echo --; ls -1t {q(app['root'] + '/releases')} "
+        f"2>/dev/null; echo --; cat {q(app['root'] + '/releases.log')} 2>/dev/null; true")
+    current, on_disk, log = ([*res.out.split("--\n"), "", ""])[:3]
+    live = [ln.split()[2] for ln in log.splitlines() if len(ln.split()) >= 3
+            and ln.split()[1] == "live"]
+    return current.strip().rsplit("/", 1)[-1], on_disk.split(), live
+
+
+def previous_good(current: str, on_disk: list[str], live: list[str]) -> str | None:
+    """The newest release that was live before ``current`` and is still on disk.
+
+    >>> previous_good("c", ["c", "b", "a"], ["a", "b", "c"])
+    'b'
+    """
+    for release in reversed(live):
+        if release != current and release in on_disk:
+            return release
+    return None
+
+
+def prune(host: Host, app: dict[str, Any]) -> None:
+    """Keep the newest ``keep_releases`` releases (and always current and previous)."""
+    keep = int(host.vars["keep_releases"])
+    current, on_disk, live = history(host, app)
+    protected = {current, app["release"], previous_good(current, on_disk, live)}
+    doomed = [r for r in on_disk[keep:] if r not in protected]
+    if not doomed or host.check:
+        return
+    releases = app["root"] + "/releases"
+    server.command(
+        host, " && ".join(f"rm -rf {q(releases + '/' + r)}" for r in doomed)
+        + f" && for v in {q(app['root'])}/venvs/*; do "
+          f"ls -l {q(releases)}/*/.venv 2>/dev/null | grep -q \"/venvs/$(basename \"$v\")$\" "
+          "|| rm -rf \"$v\"; done",
+        name=f"{app['name']}: prune {len(doomed)} old release(s)")
+
+
+class Rollback:
+    """Role for ``fab rollback``: back to the previous good release (or ``rollback_to``)."""
+
+    DEFAULTS: dict[str, Any] = {"rollback_to": "", "rollback_app": ""}
+
+    def apply(self, host: Host) -> None:
+        host.__dict__["switched"] = switched = {}
+        for app in apps.resolve(host):
+            current, on_disk, live = history(host, app)
+            if host.vars["rollback_app"] and app["name"] != host.vars["rollback_app"]:
+                app["release"] = current  # untouched: the gate expects what runs now
+                continue
+            target = host.vars["rollback_to"] or previous_good(current, on_disk, live)
+            if not target:
+                raise HostError(host.name, f"app {app['name']}: no previous good release to "
+                                           "roll back to")
+            if target not in on_disk:
+                raise HostError(host.name, f"app {app['name']}: release {target} does not exist "
+                                           f"(have: {', '.join(on_disk) or 'none'})")
+            app["release"] = target  # what the gate must now find live
+            before = switch(host, app, target)
+            if before is not None:
+                switched[app["name"]] = before
+                chain_reload(host, app)
+
+
+class Releases:
+    """Role for ``fab releases``: list each app's releases on each host."""
+
+    DEFAULTS: dict[str, Any] = {}
+
+    def apply(self, host: Host) -> None:
+        for app in apps.resolve(host):
+            current, on_disk, live = history(host, app)
+            prev = previous_good(current, on_disk, live)
+            for release in on_disk:
+                mark = "current" if release == current else "previous" if release == prev else ""
+                host.say(f"{app['name']}  {release}  {mark}")
+
