@@ -32,8 +32,8 @@ def _login(spec) -> str:
     return spec.vars.get("deploy_user", bootstrap_role.DEFAULTS["deploy_user"])
 
 
-def _deploy_play() -> Play:
-    return Play("deploy", [apps, python, app_role, release, uwsgi, nginx, release.gate], TEMPLATES,
+def _deploy_play(name: str = "deploy") -> Play:
+    return Play(name, [apps, python, app_role, release, uwsgi, nginx, release.gate], TEMPLATES,
                 login=_login, lock=True)
 
 
@@ -59,7 +59,8 @@ def deploy(c, inventory=None, limit=None, check=False, parallel=10, serial=0, ma
 def plan(c, inventory=None, limit=None, parallel=10, stats=False, json=None, verbose=False,
          extra_vars=None):
     """Show what deploy would change, with diffs (secrets masked). Changes nothing."""
-    cli.run(c, _deploy_play(), inventory=inventory, limit=limit, check=True, parallel=parallel,
+    cli.run(c, _deploy_play("plan"), inventory=inventory, limit=limit, check=True,
+            parallel=parallel,
             stats=stats, json_path=json, verbose=verbose, extra_vars=extra_vars)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from keel.errors import HostError
 from keel.host import Host
 from keel.operation import q
 from keel.ops import apt, files, server, systemd
@@ -39,7 +40,21 @@ def site_validate(name: str) -> str:
     )
 
 
+def check_ports(host: Host, ports: set[int]) -> None:
+    """Fail early, before touching nginx, if another program listens on a port nginx needs."""
+    filters = " or ".join(f"sport = :{p}" for p in sorted(ports))
+    res = host.run(f"ss -ltnpH '( {filters} )' 2>/dev/null || true")
+    for line in res.out.splitlines():
+        if 'users:(("' not in line or '(("nginx"' in line:
+            continue
+        port = line.split()[3].rsplit(":", 1)[-1]
+        owner = line.split('users:(("', 1)[1].split('"', 1)[0]
+        pid = line.split("pid=", 1)[1].split(",", 1)[0] if "pid=" in line else "?"
+        raise HostError(host.name, f"port {port} is taken by {owner} (pid {pid}), not nginx")
+
+
 def apply(host: Host) -> None:
+    check_ports(host, {int(app["listen"]) for app in apps.resolve(host)})
     apt.packages(host, host.vars["nginx_packages"])
     if host.vars["nginx_disable_default_site"]:
         files.absent(host, "/etc/nginx/sites-enabled/default", notify="reload nginx")
