@@ -11,6 +11,7 @@ Example (a task in ``fabfile.py``)::
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from invoke import Exit
 
 from keel.errors import KeelError
 from keel.inventory import HostSpec, Inventory
+from keel.rolling import Stage, run_stages
 from keel.runner import Play, RunOptions, failed, run_play
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
@@ -77,10 +79,20 @@ def options(
 
 
 def run(c: Any, play: Play, *, inventory: str | None = None, limit: str | None = None,
-        **opts: Any) -> None:
-    """Run ``play`` on the selected hosts; exit non-zero if any host failed."""
-    hosts = select_hosts(c, inventory, limit)
+        only: Callable[[HostSpec], bool] | None = None, **opts: Any) -> None:
+    """Run ``play`` on the selected hosts (those ``only`` accepts); exit non-zero if any failed."""
+    hosts = [h for h in select_hosts(c, inventory, limit) if only is None or only(h)]
+    if not hosts:
+        raise Exit(f"{play.name}: none of the selected hosts runs this task", code=2)
     outcomes = run_play(hosts, play, options(c, **opts))
     if failed(outcomes):
         bad = [o for o in outcomes if o.failed or o.unreachable or o.skipped]
         raise Exit(f"{play.name}: {len(bad)} of {len(outcomes)} host(s) failed", code=2)
+
+
+def run_in_stages(name: str, stages: Sequence[Stage]) -> None:
+    """Run plays one after another (see :func:`keel.rolling.run_stages`); exit non-zero on failure."""
+    outcomes = run_stages(stages)
+    if failed(outcomes):
+        bad = [o for o in outcomes if o.failed or o.unreachable or o.skipped]
+        raise Exit(f"{name}: {len(bad)} of {len(outcomes)} host(s) failed", code=2)

@@ -78,6 +78,7 @@ while read -r n m; do
 done
 """
 CONNECT_TIMEOUT = 10
+SUDO_PROMPT = "KEEL-SUDO-PASSWORD:"
 
 
 @dataclass
@@ -124,7 +125,7 @@ def agent_command(user: str | None, sudo_password: str | None) -> str:
     )
     if user == "root":
         return f"sh -c {shlex.quote(inner)}"
-    sudo = "sudo -S -p '' -H" if sudo_password is not None else "sudo -n -H"
+    sudo = f"sudo -S -p {SUDO_PROMPT} -H" if sudo_password is not None else "sudo -n -H"
     return f"{sudo} -- sh -c {shlex.quote(inner)}"
 
 
@@ -182,9 +183,25 @@ class Connection:
         if sudo_password is not None and conn.user != "root":
             chan.sendall(sudo_password.encode() + b"\n")
         self = cls(spec, conn, chan)
+        if sudo_password is not None and conn.user != "root":
+            self._await_sudo()
         self._await_ready()
         self.stats.connect_seconds = time.monotonic() - t0
         return self
+
+    def _await_sudo(self) -> None:
+        """Fail at once on a wrong password, instead of waiting for sudo's retries."""
+        chan, err = self._chan, b""
+        deadline = time.monotonic() + CONNECT_TIMEOUT
+        while time.monotonic() < deadline and not chan.recv_ready() and not chan.closed:
+            if chan.recv_stderr_ready():
+                err += chan.recv_stderr(4096)
+                if b"Sorry" in err or err.count(SUDO_PROMPT.encode()) > 1:
+                    self.close()
+                    raise HostError(self.spec.name, "sudo failed: wrong or missing sudo password")
+            if chan.exit_status_ready():
+                break
+            time.sleep(0.002)
 
     def _await_ready(self) -> None:
         self._chan.settimeout(CONNECT_TIMEOUT)

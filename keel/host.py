@@ -7,6 +7,7 @@ it to operations; they never talk to the connection themselves.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -63,6 +64,7 @@ class Host:
     # ---------------------------------------------------------- operations
     def apply(self, op: str, target: str, gen: OpGenerator, notify: list[str]) -> Result:
         """Probe, decide and (unless in check mode) change; record the result."""
+        t0 = time.monotonic()
         try:
             probe = next(gen)
             while True:
@@ -76,6 +78,7 @@ class Host:
                             error=outcome.reason, check=self.check)
         else:
             result = self._change(op, target, outcome, notify)
+        result.seconds = time.monotonic() - t0
         self.results.append(result)
         if self.reporter:
             self.reporter.result(result)

@@ -94,12 +94,13 @@ class Result:
     check: bool = False
     commands: list[str] = field(default_factory=list)
     before: str = ""
+    seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "op": self.op, "target": self.target, "changed": self.changed,
             "failed": self.failed, "reason": self.reason, "error": self.error,
-            "diff": self.diff,
+            "diff": self.diff, "seconds": round(self.seconds, 4),
         }
 
 

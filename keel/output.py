@@ -84,7 +84,8 @@ class Reporter:
             if r.diff and (self.diff or r.check):
                 self._print_diff(mask(r.diff, secrets))
         elif self.verbose:
-            self._print(f"[bold]{r.host}[/] [green]ok[/]  {r.op} {target} ({reason})")
+            self._print(f"[bold]{r.host}[/] [green]ok[/]  {r.op} {target} ({reason}) "
+                        f"[dim]{r.seconds * 1000:.1f} ms[/]")
 
     def _print_diff(self, diff: str) -> None:
         for line in diff.rstrip("\n").splitlines():

@@ -4,7 +4,9 @@ A play is a list of roles. A role is any object (usually a module) with:
 
 - ``DEFAULTS``: a dict of documented default variables;
 - ``HANDLERS``: a dict mapping a handler name to ``fn(host)``;
-- ``apply(host)``: the operations, in order.
+- ``apply(host)``: the operations, in order;
+- optionally ``preflight(host)``: read-only checks, run for every role of the
+  play before the first ``apply``, so bad input fails before anything changes.
 
 The runner knows nothing about any particular role. Like Fabric's ``Group``,
 it maps each host to what happened there: one failing host never hides the
@@ -97,6 +99,8 @@ class HostOutcome:
     commands: int = 0
     connect_seconds: float = 0.0
     seconds: float = 0.0
+    #: Handlers that ran (in check mode: would have run), in order.
+    handled: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> int:
@@ -141,11 +145,16 @@ def run_host(
                 body(host)
             else:
                 host.handlers = play.handlers(host)
+                # Every role checks its inputs before any role changes anything.
+                for role in play.roles:
+                    if hasattr(role, "preflight"):
+                        role.preflight(host)
                 for role in play.roles:
                     role.apply(host)
                 host.flush_handlers()
         finally:
             outcome.results = host.results
+            outcome.handled = list(host.handled)
             if locked:
                 with contextlib.suppress(KeelError):  # a lost connection frees it anyway
                     lock.release(conn)

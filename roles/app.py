@@ -34,9 +34,9 @@ if not callable(app):
 """
 
 
-def _as_app_user(app: dict[str, Any], cmd: str) -> str:
-    """``cmd`` run in the release, as the app user, with its settings and venv."""
-    inner = (f"set -a; . {q(app['env_file'])}; set +a; "
+def _as_app_user(app: dict[str, Any], cmd: str, env_file: str) -> str:
+    """``cmd`` run in the release, as the app user, with the settings of ``env_file`` and its venv."""
+    inner = (f"set -a; . {q(env_file)}; set +a; "
              f"export APP_STATE_DIR={q(app['state_dir'])} APP_RELEASE={q(app['release'])} "
              f"PATH={q(app['venv'] + '/bin')}:$PATH; {cmd}")
     return f"runuser -u {q(app['user'])} -- sh -c {q(inner)}"
@@ -50,26 +50,36 @@ def apply(host: Host) -> None:
         files.directory(host, f"{root}/releases", owner="root", group=group, mode="0751")
         files.directory(host, f"{root}/shared", owner="root", group=group, mode="0750")
         files.directory(host, app["state_dir"], owner=app["user"], group=group, mode="0750")
-        # systemd reads the environment only when it starts the service.
-        files.template(host, "app.env.j2", app["env_file"], owner="root", group=group,
-                       mode="0640", secret=True, app=app, notify=f"restart {app['name']}")
+        # The new settings go to a candidate file first: the checks below run
+        # with them, and the live env file changes only once they pass.
+        env = host.render("app.env.j2", app=app)
+        candidate = app["env_file"] + ".candidate"
+        files.file(host, candidate, env, owner="root", group=group, mode="0640", secret=True)
         files.tree(host, app["source"], rel, owner="root", group=group, name=rel)
         files.file(host, f"{rel}/RELEASE", app["release"] + "\n", group=group)
         files.symlink(host, f"{rel}/.venv", f"../../venvs/{app['venv'].rsplit('/', 1)[1]}")
-        # Checked again whenever the release, the venv or the module changes.
-        key = hashlib.sha256(f"{app['venv']} {app['module']}".encode()).hexdigest()[:12]
-        _once(host, app, f"import-ok-{key}", f"python -c {q(IMPORT_CHECK)} {q(app['module'])}",
+        # Each check runs again whenever what it depends on changes.
+        code = _key(app["venv"], app["module"])
+        _once(host, app, candidate, f"import-ok-{code}",
+              f"python -c {q(IMPORT_CHECK)} {q(app['module'])}",
               f"import {app['module']} in release {app['release']}")
-        for i, cmd in enumerate(app["pre_start"]):
-            _once(host, app, f"pre-start-{i}", cmd, cmd)
-        _once(host, app, f"canary-ok-{key}", _canary(app),
+        for cmd in app["pre_start"]:
+            _once(host, app, candidate, f"pre-start-{_key(cmd, env)}", cmd, cmd)
+        _once(host, app, candidate, f"canary-ok-{_key(code, env)}", _canary(app),
               f"canary /healthz of release {app['release']}")
+        # systemd reads the environment only when it starts the service.
+        files.file(host, app["env_file"], env, owner="root", group=group, mode="0640",
+                   secret=True, notify=f"restart {app['name']}", op_name="template")
 
 
-def _once(host: Host, app: dict[str, Any], marker: str, cmd: str, label: str) -> None:
+def _key(*parts: str) -> str:
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:12]
+
+
+def _once(host: Host, app: dict[str, Any], env_file: str, marker: str, cmd: str, label: str) -> None:
     """Run ``cmd`` in the release as the app user, once: the marker is written only on success."""
     path = f"{app['release_dir']}/.keel-{marker}"
-    server.command(host, _as_app_user(app, cmd) + f" && touch {q(path)}", creates=path,
+    server.command(host, _as_app_user(app, cmd, env_file) + f" && touch {q(path)}", creates=path,
                    chdir=app["release_dir"], name=f"{app['name']}: {label}")
 
 
@@ -90,6 +100,8 @@ def _canary(app: dict[str, Any]) -> str:
         '[ "$code" = 200 ] && break; kill -0 $pid 2>/dev/null || break; sleep 0.2; done; '
         'kill -INT $pid 2>/dev/null; wait $pid 2>/dev/null; '
         'if [ "$code" != 200 ]; then '
-        'echo "canary /healthz answered $code: $(tail -c 300 "$d/body" "$d/log" 2>/dev/null '
-        '| grep -v "^==" | grep . | tail -n 1)" >&2; rm -rf "$d"; exit 1; fi; rm -rf "$d"'
+        # The answer's body says why; with no answer, uWSGI's last log line does.
+        'if [ "$code" = 000 ]; then why=$(grep . "$d/log" | tail -n 1); '
+        'else why=$(head -c 300 "$d/body" | tr "\\n" " "); fi; '
+        'echo "canary /healthz answered $code: $why" >&2; rm -rf "$d"; exit 1; fi; rm -rf "$d"'
     )

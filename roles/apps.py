@@ -55,7 +55,18 @@ APP_DEFAULTS: dict[str, Any] = {
     "env": {},
     # Commands run in the new release, as the app user, before it takes traffic.
     "pre_start": [],
+    # TLS: local paths (on the controller; relative: from the project dir) of the
+    # PEM certificate chain and its key. With both, nginx serves the app on
+    # tls_listen (TLSv1.2+1.3, Mozilla "intermediate") and redirects HTTP to HTTPS.
+    "tls_cert": "",
+    "tls_key": "",
+    "tls_listen": 443,
+    # Strict-Transport-Security max-age in seconds (0: no HSTS header).
+    "tls_hsts": 0,
 }
+
+#: Where nginx finds each app's certificate and key on the host (see roles/tls.py).
+TLS_DIR = "/etc/nginx/tls"
 
 DEFAULTS: dict[str, Any] = {
     "apps": [{"name": "hello", "source": "app", "module": "hello:create_app()"}],
@@ -64,9 +75,13 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
-def apply(host: Host) -> None:
+def preflight(host: Host) -> None:
     """Resolve and check every app before any role changes anything."""
     resolve(host)
+
+
+def apply(host: Host) -> None:
+    """Nothing to change: the apps are resolved in preflight."""
 
 
 def resolve(host: Host) -> list[dict[str, Any]]:
@@ -104,6 +119,7 @@ def _resolve_one(host: Host, entry: dict[str, Any], first: bool) -> dict[str, An
     venv_key = hashlib.sha256(
         (requirements + host.facts.python_version).encode()
     ).hexdigest()[:12]
+    _resolve_tls(host, app, project)
     static_dir = app["static_dir"]
     if static_dir and not static_dir.startswith("/"):
         static_dir = f"{root}/current/{static_dir}" if (source / static_dir).is_dir() else ""
@@ -130,6 +146,25 @@ def _resolve_one(host: Host, entry: dict[str, Any], first: bool) -> dict[str, An
     return app
 
 
+def _resolve_tls(host: Host, app: dict[str, Any], project: Path) -> None:
+    """TLS needs both files, readable here; their host paths are derived."""
+    app["tls"] = bool(app["tls_cert"] or app["tls_key"])
+    if not app["tls"]:
+        return
+    for key in ("tls_cert", "tls_key"):
+        if not app[key]:
+            raise HostError(host.name, f"app {app['name']}: {key} is not set "
+                                       "(TLS needs both tls_cert and tls_key)")
+        path = Path(app[key])
+        path = path if path.is_absolute() else project / path
+        if not path.is_file():
+            raise HostError(host.name, f"app {app['name']}: {key} {path} does not exist")
+        app[key] = str(path)
+    app["tls_cert_path"] = f"{TLS_DIR}/{app['name']}.crt"
+    app["tls_key_path"] = f"{TLS_DIR}/{app['name']}.key"
+    app["tls_dhparam"] = f"{TLS_DIR}/ffdhe2048.pem"
+
+
 def expectations(variables: dict[str, Any]) -> dict[str, Any]:
     """What ``fab verify`` should find on a host with these inventory vars (no facts needed)."""
     from roles import bootstrap
@@ -144,7 +179,8 @@ def expectations(variables: dict[str, Any]) -> dict[str, Any]:
             "socket": f"/run/{name}/uwsgi.sock", "stats_socket": f"/run/{name}/stats.sock",
             "ini_path": f"/etc/uwsgi-apps/{name}.ini", "unit": f"{name}.service",
             "env_file": f"/srv/{name}/shared/env", "server_name": app["server_name"],
-            "listen": app["listen"],
+            "listen": app["listen"], "tls": bool(app["tls_cert"] and app["tls_key"]),
+            "tls_listen": app["tls_listen"], "tls_key_path": f"{TLS_DIR}/{name}.key",
         })
     return {
         "apps": out,

@@ -53,8 +53,12 @@ def check_ports(host: Host, ports: set[int]) -> None:
         raise HostError(host.name, f"port {port} is taken by {owner} (pid {pid}), not nginx")
 
 
+def preflight(host: Host) -> None:
+    check_ports(host, {int(app["listen"]) for app in apps.resolve(host)}
+                | {int(app["tls_listen"]) for app in apps.resolve(host) if app["tls"]})
+
+
 def apply(host: Host) -> None:
-    check_ports(host, {int(app["listen"]) for app in apps.resolve(host)})
     apt.packages(host, host.vars["nginx_packages"])
     if host.vars["nginx_disable_default_site"]:
         files.absent(host, "/etc/nginx/sites-enabled/default", notify="reload nginx")

@@ -117,6 +117,9 @@ def health_problem(host: Host, app: dict[str, Any], release: str) -> str | None:
     name = app["server_name"].split()[0]
     name = "localhost" if name == "_" else name
     url = f"http://127.0.0.1:{app['listen']}"
+    if app.get("tls"):  # HTTP only redirects: ask over HTTPS, on this host, for the app's name
+        port = app["tls_listen"]
+        url = f"-k --resolve {q(f'{name}:{port}:127.0.0.1')} https://{name}:{port}"
     script = f"""
 end=$(( $(date +%s) + {int(host.vars['health_timeout'])} ))
 while :; do
@@ -137,7 +140,7 @@ systemctl is-active -q {q(app['unit'])} || {{ echo "{app['unit']} is not active"
 class Gate:
     """The last role of a deploy: flush handlers, then prove every app healthy or roll back."""
 
-    DEFAULTS: dict[str, Any] = {}
+    DEFAULTS = DEFAULTS
 
     def apply(self, host: Host) -> None:
         if host.check:
@@ -211,7 +214,13 @@ def prune(host: Host, app: dict[str, Any]) -> None:
 class Rollback:
     """Role for ``fab rollback``: back to the previous good release (or ``rollback_to``)."""
 
-    DEFAULTS: dict[str, Any] = {"rollback_to": "", "rollback_app": ""}
+    DEFAULTS: dict[str, Any] = {**DEFAULTS, "rollback_to": "", "rollback_app": ""}
+
+    def preflight(self, host: Host) -> None:
+        names = [app["name"] for app in apps.resolve(host)]
+        wanted = host.vars["rollback_app"]
+        if wanted and wanted not in names:
+            raise HostError(host.name, f"rollback: no app named {wanted!r} (apps: {', '.join(names)})")
 
     def apply(self, host: Host) -> None:
         host.__dict__["switched"] = switched = {}

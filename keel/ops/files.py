@@ -129,7 +129,9 @@ def _write_commands(
         check = validate.replace("%s", '"$t"')
         cmds.append(
             f'if ! out=$( {{ {check}\n}} 2>&1); then '
-            f'echo "validation failed: $(printf "%s" "$out" | tail -n 1)" >&2; exit 1; fi'
+            # The first line naming an error says most; else the last line.
+            'line=$(printf "%s\\n" "$out" | grep -iE "emerg|error|fatal|invalid" | head -n 1); '
+            f'echo "validation failed: ${{line:-$(printf "%s" "$out" | tail -n 1)}}" >&2; exit 1; fi'
         )
     cmds.append(f'mv -f "$t" {q(path)}')
     return cmds
@@ -274,7 +276,9 @@ def tree(
     cmds = [
         f"rm -rf {new} {old}",
         f"mkdir -p {new}",
-        f"tar -xzf - -C {new} --no-same-owner",
+        # tar's last line is only "Exiting with failure status": report the cause.
+        f"err=$(tar -xzf - -C {new} --no-same-owner 2>&1) || {{ printf '%s\\n' \"$err\" | "
+        "grep -v 'Exiting with failure status' | tail -n 1 >&2; exit 1; }",
         f"echo {q(marker)} > {new}/{TREE_MARKER}",
         f"chown -R {q(owner)}:{q(group)} {new}",
         f"if [ -e {q(dest)} ]; then mv -T {q(dest)} {old}; fi",

@@ -1,21 +1,17 @@
-"""bootstrap -> deploy -> verify on a lab host, idempotence, several apps, and bad input.
+"""bootstrap -> deploy -> verify on a lab host, idempotence, several apps, lockout safety.
 
-Every bad-input case checks: one line naming the host and the cause, a
-non-zero exit, and the host still serving what it served before.
+Bad input has its own table: test_bad_input.py.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
-
 from keel.connection import Connection
 from keel.inventory import HostSpec
-from tests.conftest import ROOT, TestLab, fab
+from tests.conftest import TestLab, fab
 
 
 def _get(spec: HostSpec, path: str = "/version", host: str = "localhost") -> tuple[int, str]:
@@ -83,78 +79,6 @@ def test_verify_failure_names_host_and_problem(test_lab: TestLab, deployed: Host
         conn.close()
     assert proc.returncode != 0
     assert "lab1: /srv/hello/shared/env mode is 644, not 640" in proc.stdout
-
-
-# ------------------------------------------------------------------ bad input
-def _apps(**overrides: object) -> str:
-    app = {"name": "hello", "source": "app", "module": "hello:create_app()",
-           "env": {"APP_SECRET_KEY": "lab-only-secret-change-me"},
-           "pre_start": ["python -m hello.migrate"], **overrides}
-    return json.dumps({"apps": [app]})
-
-
-@pytest.fixture
-def broken_app(tmp_path: Path) -> Path:
-    src = tmp_path / "app"
-    shutil.copytree(ROOT / "app", src, ignore=shutil.ignore_patterns("__pycache__"))
-    return src
-
-
-def _deploy_bad(test_lab: TestLab, deployed: HostSpec, extra: str) -> str:
-    code, before = _get(deployed)
-    assert code == 200
-    try:
-        proc = fab("deploy", "--limit", "lab1", "--extra-vars", extra,
-                   inventory=test_lab.inventory_path)
-        assert proc.returncode != 0, proc.stdout
-        line = _error_line(proc, "lab1")
-        assert _get(deployed) == (200, before), "the host stopped serving the old release"
-    finally:  # put the good release back, so one failure does not cascade
-        fab("deploy", "--limit", "lab1", inventory=test_lab.inventory_path)
-    return line
-
-
-def test_missing_app_dir(test_lab: TestLab, deployed: HostSpec) -> None:
-    line = _deploy_bad(test_lab, deployed, _apps(source="/nonexistent/app"))
-    assert line == "lab1: app hello: source directory /nonexistent/app does not exist"
-
-
-def test_missing_module(test_lab: TestLab, deployed: HostSpec) -> None:
-    line = _deploy_bad(test_lab, deployed, _apps(module="nosuchmodule:app"))
-    assert line.startswith("lab1: command hello: import nosuchmodule:app in release ")
-    assert line.endswith("ModuleNotFoundError: No module named 'nosuchmodule'")
-
-
-def test_app_that_fails_to_import(test_lab: TestLab, deployed: HostSpec, broken_app: Path) -> None:
-    init = broken_app / "hello" / "__init__.py"
-    init.write_text(init.read_text() + "\nimport definitely_not_installed\n")
-    line = _deploy_bad(test_lab, deployed, _apps(source=str(broken_app)))
-    assert line.endswith("ModuleNotFoundError: No module named 'definitely_not_installed'")
-
-
-def test_requirements_that_fail_to_install(test_lab: TestLab, deployed: HostSpec,
-                                           broken_app: Path) -> None:
-    (broken_app / "requirements.txt").write_text("flask==3.1.3\nno-such-package-keel==9.9.9\n")
-    line = _deploy_bad(test_lab, deployed, _apps(source=str(broken_app)))
-    assert line.startswith("lab1: venv /srv/hello/venvs/")
-    assert "no-such-package-keel==9.9.9" in line
-
-
-def test_invalid_nginx_config_from_vars(test_lab: TestLab, deployed: HostSpec) -> None:
-    line = _deploy_bad(test_lab, deployed, _apps(client_max_body_size="10 megabytes"))
-    assert line.startswith("lab1: template /etc/nginx/sites-available/hello: validation failed:")
-    assert "client_max_body_size" in line
-
-
-def test_failing_template(test_lab: TestLab, deployed: HostSpec) -> None:
-    line = _deploy_bad(test_lab, deployed, _apps(env={"NOT A NAME": "x"}))
-    assert line == ("lab1: template app.env.j2:6: "
-                    "'ERROR_app_env_keys_must_be_valid_environment_variable_names' is undefined")
-
-
-def test_unknown_app_setting(test_lab: TestLab, deployed: HostSpec) -> None:
-    line = _deploy_bad(test_lab, deployed, _apps(procesess=4))
-    assert line == "lab1: apps: hello: unknown setting(s) ['procesess']"
 
 
 # ------------------------------------------------------------------ two apps

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -44,8 +45,8 @@ class Variant:
     def change(self) -> str:
         """Change the code; return the release id it will deploy as."""
         self.n += 1
-        with open(self.dir / "hello" / "views.py", "a") as fh:
-            fh.write(f"\n# change {self.n}\n")
+        with open(self.dir / "hello" / "views.py", "a") as fh:  # unique across tests and runs
+            fh.write(f"\n# change {self.n} {uuid.uuid4().hex}\n")
         return self.release
 
     @property
@@ -218,10 +219,13 @@ def test_dropped_ssh_connection(test_lab: TestLab, deployed: HostSpec, variant: 
          str(test_lab.inventory_path), "--extra-vars",
          variant.extra(pre_start=["python -m hello.migrate", "sleep 5"])],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    time.sleep(2.5)
     killer = Connection.open(deployed)  # logs in as debian, so it survives the kill
     try:
-        killer.run("pkill -KILL -f 'sshd: deploy' || true")
+        # Wait until the deploy is inside its slow pre_start command, then cut it off.
+        waited = killer.run("for i in $(seq 200); do pgrep -x sleep -u hello >/dev/null && exit 0; "
+                            "sleep 0.1; done; exit 1")
+        assert waited.ok, "the deploy never reached its pre_start command"
+        killer.run("pkill -KILL -f '^sshd: deploy' || true")
     finally:
         killer.close()
     out, _ = proc.communicate(timeout=60)
@@ -294,6 +298,7 @@ def test_disk_full_during_deploy(test_lab: TestLab, deployed: HostSpec, variant:
         assert "No space left on device" in line, line
         assert _version(deployed) == old
     finally:
-        conn.run("umount /srv/hello/releases; umount /run/keel-full; rmdir /run/keel-full")
+        # Lazily: workers may have their cwd in the copy until the next reload.
+        conn.run("umount -l /srv/hello/releases; umount -l /run/keel-full; rmdir /run/keel-full")
         conn.close()
     assert os.path.exists(ROOT / "app")

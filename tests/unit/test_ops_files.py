@@ -139,7 +139,8 @@ def test_file_validate_runs_on_temp_file_before_rename() -> None:
         'chmod 640 "$t"',
         # Braced, so 2>&1 covers every command of a multi-command validate.
         'if ! out=$( { nginx -t -c "$t" -g \'pid "$t".pid;\'\n} 2>&1); then '
-        'echo "validation failed: $(printf "%s" "$out" | tail -n 1)" >&2; exit 1; fi',
+        'line=$(printf "%s\\n" "$out" | grep -iE "emerg|error|fatal|invalid" | head -n 1); '
+        'echo "validation failed: ${line:-$(printf "%s" "$out" | tail -n 1)}" >&2; exit 1; fi',
         "mv -f \"$t\" '/etc/nginx/sites-available/my site'",
     ]
 
@@ -200,7 +201,8 @@ def tree_commands(digest: str, owner: str = "root:root") -> list[str]:
     return [
         f"rm -rf {new} {old}",
         f"mkdir -p {new}",
-        f"tar -xzf - -C {new} --no-same-owner",
+        f"err=$(tar -xzf - -C {new} --no-same-owner 2>&1) || {{ printf '%s\\n' \"$err\" | "
+        "grep -v 'Exiting with failure status' | tail -n 1 >&2; exit 1; }",
         f"echo '{digest} {owner}' > {new}/.keel-tree",
         f"chown -R {owner} {new}",
         f"if [ -e {RELEASE} ]; then mv -T {RELEASE} {old}; fi",
