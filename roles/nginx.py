@@ -29,14 +29,20 @@ HANDLERS = {
 
 
 def site_validate(name: str) -> str:
-    """A validate command (``%s`` = candidate file) testing the config as it would be."""
+    """A validate command (``%s`` = candidate file) testing the config as it would be.
+
+    ``%s`` may appear only where the candidate's path goes (every one is replaced).
+    """
     return (
         'c=$(mktemp /etc/nginx/.keel-check.XXXXXX) && d=$(mktemp -d /etc/nginx/.keel-sites.XXXXXX)'
         ' && for f in /etc/nginx/sites-enabled/*; do [ -e "$f" ] || continue;'
         f' [ "$(basename "$f")" = {q(name)} ] || ln -s "$(readlink -f "$f")" "$d/$(basename "$f")";'
         f' done && cp %s "$d/"{q(name)}'
         ' && sed "s#/etc/nginx/sites-enabled/\\*#$d/*#" /etc/nginx/nginx.conf > "$c"'
-        ' && nginx -t -q -c "$c"; rc=$?; rm -rf "$c" "$d"; exit $rc'
+        # Errors name the real file, not the scratch copy.
+        # "|| rc=$?" rather than "rc=$?": the change script runs under set -e.
+        ' && { out=$(nginx -t -q -c "$c" 2>&1) && rc=0 || rc=$?; }; rm -rf "$c" "$d";'
+        ' echo "$out" | sed "s#$d/#/etc/nginx/sites-available/#g"; exit $rc'
     )
 
 

@@ -176,8 +176,8 @@ CASES = [
          H + r"command hello: canary /healthz of release \w{12}: canary /healthz answered 503: "
              r".*missing config: APP_SECRET_KEY.*"),
     Case("nginx-config-invalid", deploy_app(client_max_body_size="10 megabytes"),
-         H + r"template /etc/nginx/sites-available/hello: validation failed: "
-             r"nginx: \[emerg\] .*client_max_body_size.*"),
+         H + r"template /etc/nginx/sites-available/hello: validation failed: .*\[emerg\] "
+             r".*\"client_max_body_size\" directive in /etc/nginx/sites-available/hello:\d+"),
     Case("port-taken", deploy_app(listen=8080),
          H + r"port 8080 is taken by python3 \(pid \d+\), not nginx",
          setup=_http_server_on_8080, teardown=_stop_http_server),
