@@ -51,8 +51,13 @@ IMAGE_PACKAGES = (
 # Image recipe version: bump when the build steps change so caches rebuild.
 IMAGE_RECIPE = "3"
 MIN_FREE_BYTES = 2 * 1024**3
-HOST_READY_TIMEOUT = 60.0
+HOST_READY_TIMEOUT = 120.0
 CONTROLLER_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+# Every host's systemd, journald and logind take inotify instances from the
+# controller's root user (one kernel), 128 by default: that runs out at about
+# ten hosts, and then `journalctl --follow` on a host stops following.
+INOTIFY_INSTANCES = Path("/proc/sys/fs/inotify/max_user_instances")
+MIN_INOTIFY_INSTANCES = 1024
 
 
 class LabError(Exception):
@@ -279,7 +284,10 @@ class Lab:
         self.dir.mkdir(parents=True, exist_ok=True)
         if not net_file.exists():
             forward = Path("/proc/sys/net/ipv4/ip_forward").read_text().strip()
-            net_file.write_text(json.dumps({"ip_forward": forward}))
+            inotify = INOTIFY_INSTANCES.read_text().strip()
+            net_file.write_text(json.dumps({"ip_forward": forward, "inotify_instances": inotify}))
+        if int(INOTIFY_INSTANCES.read_text()) < MIN_INOTIFY_INSTANCES:
+            INOTIFY_INSTANCES.write_text(str(MIN_INOTIFY_INSTANCES))
         if not Path(f"/sys/class/net/{self.bridge}").exists():
             _run(["ip", "link", "add", self.bridge, "type", "bridge"])
             _run(["ip", "addr", "add", f"{self.gateway}/{self.subnet.prefixlen}", "dev", self.bridge])
@@ -307,9 +315,11 @@ table ip {self.nft_table} {{
             _run(["ip", "link", "del", self.bridge], check=False)
         net_file = self.dir / "net.json"
         if net_file.exists():
-            forward = json.loads(net_file.read_text()).get("ip_forward", "0")
+            saved = json.loads(net_file.read_text())
             if not self._other_labs_running():
-                Path("/proc/sys/net/ipv4/ip_forward").write_text(forward)
+                Path("/proc/sys/net/ipv4/ip_forward").write_text(saved.get("ip_forward", "0"))
+                if saved.get("inotify_instances"):
+                    INOTIFY_INSTANCES.write_text(saved["inotify_instances"])
             net_file.unlink()
 
     def _other_labs_running(self) -> bool:
@@ -412,7 +422,10 @@ table ip {self.nft_table} {{
                 if s.recv(4).startswith(b"SSH-"):
                     return
             time.sleep(0.1)
-        raise LabError(f"{host.name}: sshd not ready after {HOST_READY_TIMEOUT:.0f} s")
+        tail = (self._host_dir(host.name) / "console.log").read_text(errors="replace").strip()
+        last = tail.splitlines()[-1][-160:] if tail else "no console output"
+        raise LabError(f"{host.name}: sshd not ready after {HOST_READY_TIMEOUT:.0f} s "
+                       f"(console: {last})")
 
     def _stop_host(self, hdir: Path) -> None:
         host = _read_host(hdir)

@@ -165,7 +165,7 @@ def test_json_report_and_stats(write_inventory, logins: Logins, tmp_path: Path) 
     assert (doc["play"], doc["check"], list(doc["hosts"])) == ("bootstrap", True, ["lab2"])
     host = doc["hosts"]["lab2"]
     assert [r["op"] for r in host["results"]] == BOOTSTRAP_OPS
-    assert all(set(r) == {"op", "target", "changed", "failed", "reason", "error", "diff"}
+    assert all(set(r) == {"op", "target", "changed", "failed", "reason", "error", "diff", "seconds"}
                for r in host["results"])
     by_op = {(r["op"], r["target"]): r for r in host["results"]}
     assert by_op[("hostname", "lab2")]["changed"] is False
