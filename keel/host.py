@@ -51,6 +51,8 @@ class Host:
         self.handled: list[str] = []
         #: The play's handlers, in order (set by the runner).
         self.handlers: dict[str, Handler] = {}
+        #: Scratch space roles share during one run (resolved settings, what switched).
+        self.memo: dict[str, Any] = {}
         self.reporter = reporter
         self._jinja = jinja2.Environment(
             loader=jinja2.FileSystemLoader([str(d) for d in template_dirs or []]),

@@ -86,14 +86,14 @@ def apply(host: Host) -> None:
 
 def resolve(host: Host) -> list[dict[str, Any]]:
     """Every app of ``host`` with defaults merged and paths derived (cached per run)."""
-    cached = getattr(host, "_apps", None)
+    cached = host.memo.get("apps")
     if cached is not None:
         return cached
     apps = [_resolve_one(host, entry, i == 0) for i, entry in enumerate(host.vars["apps"])]
     names = [a["name"] for a in apps]
     if len(set(names)) != len(names):
         raise HostError(host.name, f"apps: duplicate app names in {names}")
-    host._apps = apps  # type: ignore[attr-defined]
+    host.memo["apps"] = apps
     return apps
 
 

@@ -103,7 +103,7 @@ def switch(host: Host, app: dict[str, Any], release: str) -> str | None:
 
 def apply(host: Host) -> None:
     """Switch each app to its new release and chain-reload it; prune old releases."""
-    switched: dict[str, str] = host.__dict__.setdefault("switched", {})
+    switched: dict[str, str] = host.memo.setdefault("switched", {})
     for app in apps.resolve(host):
         before = switch(host, app, app["release"])
         if before is not None:
@@ -148,7 +148,7 @@ class Gate:
         host.flush_handlers()
         if not host.changed and not host.handled:
             return  # nothing changed: nothing new to prove
-        switched: dict[str, str] = host.__dict__.get("switched", {})
+        switched: dict[str, str] = host.memo.get("switched", {})
         for app in apps.resolve(host):
             release = app["release"]
             problem = health_problem(host, app, release)
@@ -223,7 +223,7 @@ class Rollback:
             raise HostError(host.name, f"rollback: no app named {wanted!r} (apps: {', '.join(names)})")
 
     def apply(self, host: Host) -> None:
-        host.__dict__["switched"] = switched = {}
+        host.memo["switched"] = switched = {}
         for app in apps.resolve(host):
             current, on_disk, live = history(host, app)
             if host.vars["rollback_app"] and app["name"] != host.vars["rollback_app"]:
