@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +47,10 @@ def select_hosts(c: Any, inventory: str | None, limit: str | None) -> list[HostS
     try:
         if getattr(c, "host", None):  # `fab -H user@host:port task`
             adhoc = f"{c.user}@{c.host}:{c.port}" if c.user else f"{c.host}:{c.port}"
-            return Inventory.from_hosts([adhoc]).hosts(limit)
+            keys = c.connect_kwargs.get("key_filename") or []  # Fabric's -i
+            keys = [keys] if isinstance(keys, str) else keys
+            return [replace(h, key_file=h.key_file or (keys[0] if keys else None))
+                    for h in Inventory.from_hosts([adhoc]).hosts(limit)]
         path = Path(inventory) if inventory else DEFAULT_INVENTORY
         if not inventory and not path.exists():
             raise Exit(f"no inventory: {path} does not exist (run 'fab lab.up' or pass "

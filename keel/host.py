@@ -127,6 +127,13 @@ class Host:
         finally:
             self.check, self.reporter, self.results, self.notified = saved
 
+    def key_files(self) -> list[str]:
+        """The private key files this run's login could use (inventory, then ~/.ssh/config)."""
+        files = [self.spec.key_file] if self.spec.key_file else []
+        configured = self.conn.fabric.connect_kwargs.get("key_filename") or []
+        configured = [configured] if isinstance(configured, str) else configured
+        return files + [f for f in configured if f not in files]
+
     def login_check(self, user: str) -> str | None:
         """Open a fresh SSH login as ``user`` and run ``sudo -n true``.
 

@@ -40,15 +40,16 @@ HANDLERS = {
 
 
 def _deploy_key(host: Host) -> str:
+    """``deploy_user_key``, else the public half of the key this run logged in with."""
     key = host.vars["deploy_user_key"]
     if key:
         return str(key)
-    if not host.spec.key_file:
-        raise HostError(host.name, "deploy_user_key is not set and the host has no key file")
-    pub = Path(host.spec.key_file + ".pub")
-    if not pub.is_file():
-        raise HostError(host.name, f"deploy_user_key is not set and {pub} does not exist")
-    return pub.read_text().strip()
+    for private in host.key_files():
+        pub = Path(private + ".pub")
+        if pub.is_file():
+            return pub.read_text().strip()
+    raise HostError(host.name, "deploy_user_key is not set and no public key sits beside the "
+                               "login key (<key>.pub)")
 
 
 def apply(host: Host) -> None:
