@@ -93,6 +93,26 @@ def test_five_deploys_under_load_drop_nothing(test_lab: TestLab, deployed: HostS
     assert result.errors == 0, result
 
 
+def test_new_requirements_switch_venvs_without_dropping(test_lab: TestLab, deployed: HostSpec,
+                                                        variant: Variant) -> None:
+    """A release with other requirements gets its own venv, and chain reloads onto it."""
+    with open(variant.dir / "requirements.txt", "a") as fh:
+        fh.write("six==1.16.0\n")
+    with open(variant.dir / "hello" / "views.py", "a") as fh:
+        fh.write("\n\n@bp.get('/six')\ndef six_version():\n    import six\n\n"
+                 "    return {'six': six.__version__}\n")
+    release = variant.change()
+    with Load(f"http://{deployed.address}/version", connections=4, max_seconds=300) as load:
+        proc = _deploy(test_lab, variant)
+    assert proc.returncode == 0, proc.stdout[-2000:]
+    assert "venv /srv/hello/venvs/" in proc.stdout and "chain reload" in proc.stdout
+    assert _version(deployed) == (200, release)
+    six = subprocess.run(["curl", "-s", f"http://{deployed.address}/six"], capture_output=True,
+                         text=True)
+    assert json.loads(six.stdout) == {"six": "1.16.0"}
+    assert load.result is not None and load.result.errors == 0, load.result
+
+
 def test_unhealthy_release_never_takes_traffic(test_lab: TestLab, deployed: HostSpec,
                                                variant: Variant) -> None:
     before = _version(deployed)
