@@ -6,6 +6,8 @@
     fab verify            check the hosts with the testinfra suite
     fab plan              what deploy would change, with diffs; changes nothing
     fab releases          list releases; fab rollback goes back to the previous good one
+    fab status            services, releases and uWSGI workers across hosts (--watch: live)
+    fab logs              journald logs of the apps from every host (--follow)
 """
 
 from __future__ import annotations
@@ -17,51 +19,40 @@ from invoke import Collection, Exit
 
 from keel import cli
 from keel import verify as verifier
+from keel.errors import KeelError
+from keel.fleet import Fleet
 from keel.lab_tasks import lab
-from keel.runner import Play
-from roles import app as app_role
-from roles import apps, nginx, python, release, uwsgi
-from roles import bootstrap as bootstrap_role
+from roles import logs as logs_role
+from roles import plays
+from roles import status as status_role
 
-TEMPLATES = [cli.PROJECT_DIR / "templates"]
 H = cli.OPTION_HELP
-
-
-def _login(spec) -> str:
-    # After bootstrap, runs log in as the deploy user (root login is off).
-    return spec.vars.get("deploy_user", bootstrap_role.DEFAULTS["deploy_user"])
-
-
-def _deploy_play(name: str = "deploy") -> Play:
-    return Play(name, [apps, python, app_role, release, uwsgi, nginx, release.gate], TEMPLATES,
-                login=_login, lock=True)
 
 
 @task(help=H)
 def bootstrap(c, inventory=None, limit=None, check=False, parallel=10, serial=0, max_fail=0,
               stats=False, json=None, diff=False, verbose=False, extra_vars=None):
     """Harden fresh hosts: packages, deploy user, firewall, sshd, time sync, hostname."""
-    cli.run(c, Play("bootstrap", [bootstrap_role], TEMPLATES), inventory=inventory, limit=limit,
+    cli.run(c, plays.bootstrap_play(), inventory=inventory, limit=limit,
             check=check, parallel=parallel, serial=serial, max_fail=max_fail, stats=stats,
             json_path=json, diff=diff, verbose=verbose, extra_vars=extra_vars)
 
 
-@task(help=H)
-def deploy(c, inventory=None, limit=None, check=False, parallel=10, serial=0, max_fail=0,
+@task(help={**H, "serial": "app hosts per batch (default: 1 behind load balancers, else all)"})
+def deploy(c, inventory=None, limit=None, check=False, parallel=10, serial=None, max_fail=0,
            stats=False, json=None, diff=False, verbose=False, extra_vars=None):
-    """Deploy the apps: venv, release, uWSGI ini and unit, nginx site. Idempotent."""
-    cli.run(c, _deploy_play(), inventory=inventory, limit=limit, check=check,
-            parallel=parallel, serial=serial, max_fail=max_fail, stats=stats, json_path=json,
-            diff=diff, verbose=verbose, extra_vars=extra_vars)
+    """Deploy: the apps (venv, release, uWSGI, nginx) and the lb hosts; rolling behind lbs. Idempotent."""
+    plays.deploy(c, "deploy", inventory, limit, serial, check=check, parallel=parallel,
+            max_fail=max_fail, stats=stats, json_path=json, diff=diff, verbose=verbose,
+            extra_vars=extra_vars)
 
 
 @task(help={k: v for k, v in H.items() if k not in ("check", "serial", "max_fail", "diff")})
 def plan(c, inventory=None, limit=None, parallel=10, stats=False, json=None, verbose=False,
          extra_vars=None):
     """Show what deploy would change, with diffs (secrets masked). Changes nothing."""
-    cli.run(c, _deploy_play("plan"), inventory=inventory, limit=limit, check=True,
-            parallel=parallel,
-            stats=stats, json_path=json, verbose=verbose, extra_vars=extra_vars)
+    plays.deploy(c, "plan", inventory, limit, None, check=True, parallel=parallel, stats=stats,
+            json_path=json, verbose=verbose, extra_vars=extra_vars)
 
 
 @task(help={"inventory": H["inventory"], "limit": H["limit"], "parallel": H["parallel"],
@@ -70,17 +61,15 @@ def plan(c, inventory=None, limit=None, parallel=10, stats=False, json=None, ver
 def rollback(c, inventory=None, limit=None, to="", app="", parallel=10, serial=0, json=None):
     """Switch back to the previous good release (or --to ID), chain-reload, health-check."""
     extra = _json.dumps({"rollback_to": to, "rollback_app": app})
-    cli.run(c, Play("rollback", [apps, release.Rollback(), release.gate], TEMPLATES, login=_login,
-                    lock=True),
-            inventory=inventory, limit=limit, parallel=parallel, serial=serial, json_path=json,
-            extra_vars=extra)
+    cli.run(c, plays.rollback_play(), inventory=inventory, limit=limit, only=plays.is_app_host,
+            parallel=parallel, serial=serial,
+            json_path=json, extra_vars=extra)
 
 
 @task(help={"inventory": H["inventory"], "limit": H["limit"]})
 def releases(c, inventory=None, limit=None):
     """List each app's releases on each host, marking the current and previous ones."""
-    cli.run(c, Play("releases", [apps, release.Releases()], TEMPLATES, login=_login),
-            inventory=inventory, limit=limit)
+    cli.run(c, plays.releases_play(), inventory=inventory, limit=limit, only=plays.is_app_host)
 
 
 @task(help={"inventory": H["inventory"], "limit": H["limit"],
@@ -88,11 +77,53 @@ def releases(c, inventory=None, limit=None):
 def verify(c, inventory=None, limit=None, junit_xml=None):
     """Check the deployed hosts with the pytest-testinfra suite in tests/verify."""
     hosts = cli.select_hosts(c, inventory, limit)
-    rc = verifier.run_suite(hosts, cli.PROJECT_DIR / "tests" / "verify",
-                            lambda h: apps.expectations(h.vars), user_for=_login,
-                            junit_xml=junit_xml)
+    rc = verifier.run_suite(hosts, cli.PROJECT_DIR / "tests" / "verify", plays.expectations,
+                            user_for=plays.login, junit_xml=junit_xml)
     if rc:
         raise Exit(f"verify: checks failed on {len(hosts)} host(s) selected (see above)", code=rc)
 
 
-ns = Collection(bootstrap, deploy, plan, verify, rollback, releases, lab)
+@task(help={"inventory": H["inventory"], "limit": H["limit"], "app": "only this app",
+            "watch": "refresh in place until Ctrl-C",
+            "interval": "seconds between refreshes with --watch (0.5 to 60, default 2)",
+            "count": "with --watch, stop after this many refreshes (default: never)",
+            "json": "print JSON instead of the table (with --watch: one line per refresh)"})
+def status(c, inventory=None, limit=None, app="", watch=False, interval="2", count=0, json=False):
+    """One table of every app on the selected hosts: service, release, uWSGI workers, nginx."""
+    hosts = cli.select_hosts(c, inventory, limit)
+    try:
+        seconds = float(interval)
+    except ValueError:
+        seconds = -1.0
+    if not 0.5 <= seconds <= 60:
+        raise Exit(f"status: --interval must be 0.5 to 60 seconds, not {interval!r}", code=2)
+    with Fleet(hosts, login=plays.login, sudo_password=cli.options(c).sudo_password) as fleet:
+        try:
+            failed = status_role.show(fleet, only=app, watch=watch, interval=seconds,
+                                      count=int(count), as_json=json)
+        except KeelError as exc:
+            raise Exit(str(exc), code=2) from None
+    if failed:
+        raise Exit(f"status: {failed} of {len(hosts)} host(s) could not be read", code=1)
+
+
+@task(help={"inventory": H["inventory"], "limit": H["limit"],
+            "app": "only this app's unit (default: every app's, and nginx's)",
+            "since": "as journalctl --since: -10min, today, '2026-01-31 12:00'",
+            "follow": "keep printing new entries until Ctrl-C",
+            "lines": "entries per host when --since is not given (default 50)"})
+def logs(c, inventory=None, limit=None, app="", since="", follow=False, lines=50):
+    """Journald logs of the apps (and nginx) from every selected host, each line prefixed by it."""
+    hosts = cli.select_hosts(c, inventory, limit)
+    try:
+        failed = logs_role.show(hosts, only=app, since=since, follow=follow, lines=int(lines),
+                                login=plays.login, sudo_password=cli.options(c).sudo_password)
+    except KeyboardInterrupt:
+        return  # every remote journalctl has been ended
+    except KeelError as exc:
+        raise Exit(str(exc), code=2) from None
+    if failed:
+        raise Exit(f"logs: {failed} of {len(hosts)} host(s) failed", code=2)
+
+
+ns = Collection(bootstrap, deploy, plan, verify, rollback, releases, status, logs, lab)

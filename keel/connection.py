@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import logging
 import os.path
 import shlex
 import socket
@@ -78,6 +79,9 @@ while read -r n m; do
 done
 """
 CONNECT_TIMEOUT = 10
+# paramiko logs some connection failures with a traceback; ours are one line.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
+logging.getLogger("paramiko").propagate = False
 SUDO_PROMPT = "KEEL-SUDO-PASSWORD:"
 
 

@@ -19,8 +19,8 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any, TypeVar
 
@@ -57,7 +57,6 @@ class Fleet:
         self.defaults = dict(defaults or {})
         self.extra_vars = dict(extra_vars or {})
         self._hosts: dict[str, Host] = {}
-        self._pool = ThreadPoolExecutor(max_workers=max(1, min(self.parallel, len(self.specs))))
 
     def _host(self, spec: HostSpec) -> Host:
         host = self._hosts.get(spec.name)
@@ -79,9 +78,25 @@ class Fleet:
             return HostError(spec.name, f"{type(exc).__name__}: {exc}".splitlines()[0])
 
     def map(self, fn: Callable[[Host], T]) -> dict[str, T | KeelError]:
-        """``fn(host)`` on every host in parallel: host name -> value or the error raised."""
-        values = self._pool.map(lambda spec: self._one(spec, fn), self.specs)
-        return dict(zip((s.name for s in self.specs), values, strict=True))
+        """``fn(host)`` on every host in parallel: host name -> value or the error raised.
+
+        The threads are daemons and are joined in short steps, so Ctrl-C ends
+        a refreshing display at once, even while a host is still connecting.
+        """
+        values: dict[str, T | KeelError] = {}
+        slots = threading.Semaphore(self.parallel)
+
+        def one(spec: HostSpec) -> None:
+            with slots:
+                values[spec.name] = self._one(spec, fn)
+
+        threads = [threading.Thread(target=one, args=(s,), daemon=True) for s in self.specs]
+        for t in threads:
+            t.start()
+        for t in threads:
+            while t.is_alive():
+                t.join(0.1)
+        return {s.name: values[s.name] for s in self.specs}
 
     def _drop(self, name: str) -> None:
         host = self._hosts.pop(name, None)
@@ -92,7 +107,6 @@ class Fleet:
     def close(self) -> None:
         for name in list(self._hosts):
             self._drop(name)
-        self._pool.shutdown(wait=False, cancel_futures=True)
 
     def __enter__(self) -> Fleet:
         return self

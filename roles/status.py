@@ -231,8 +231,10 @@ class Collector:
 
 
 # ------------------------------------------------------------------ display
-COLUMNS = ["host", "app", "service", "release", "workers", "busy/idle", "requests", "RPS",
-           "avg ms", "RSS MiB", "respawns", "exceptions", "nginx"]
+# Two-line headers keep the table within 100 columns.
+COLUMNS = ["host", "app", "service", "release", "workers", "busy/\nidle", "requests", "RPS",
+           "avg\nms", "RSS\nMiB", "respawns", "exceptions", "nginx"]
+TEXT_COLUMNS = ("host", "app", "service", "release", "nginx")
 
 
 def _state(value: str) -> Text:
@@ -245,24 +247,27 @@ def _num(value: float | int | None) -> str:
 
 def table(report: Report) -> Group:
     """The rich table of a report, with how RPS was measured underneath."""
-    t = Table(box=None, pad_edge=False, header_style="bold")
+    t = Table(box=None, pad_edge=False, header_style="bold", padding=(0, 1, 0, 0))
     for col in COLUMNS:
-        t.add_column(col, justify="left" if col in ("host", "app", "service", "release", "nginx")
-                     else "right", no_wrap=True)
+        t.add_column(col, justify="left" if col in TEXT_COLUMNS else "right", no_wrap=True)
+    problems: list[Text] = []
     for h in report.hosts:
         if h.error:
-            t.add_row(h.host, "", Text(h.error.removeprefix(f"{h.host}: "), style="red"),
-                      *[""] * (len(COLUMNS) - 3))
+            t.add_row(h.host, "", Text("unread", style="red"), *[""] * (len(COLUMNS) - 3))
+            problems.append(Text(h.error, style="red"))
             continue
         if h.backends:
             down = [b["name"] for b in h.backends if b["down"]]
-            up = len(h.backends) - len(down)
-            pool = f"{up} of {len(h.backends)} up" + (f"; down: {', '.join(down)}" if down else "")
-            t.add_row(h.host, "(lb)", "", pool, *[""] * (len(COLUMNS) - 5), _state(h.nginx))
+            t.add_row(h.host, "(lb)", "", f"{len(h.backends) - len(down)}/{len(h.backends)} up",
+                      *[""] * (len(COLUMNS) - 5), _state(h.nginx))
+            if down:
+                problems.append(Text(f"{h.host}: out of its upstream: {', '.join(down)}",
+                                     style="yellow"))
         for a in h.apps:
             if a.error:
-                t.add_row(a.host, a.app, _state(a.service), a.release,
-                          Text(a.error, style="red"), *[""] * (len(COLUMNS) - 6), _state(a.nginx))
+                t.add_row(a.host, a.app, _state(a.service), a.release, Text("-", style="red"),
+                          *[""] * (len(COLUMNS) - 6), _state(a.nginx))
+                problems.append(Text(f"{a.host}: {a.app}: {a.error}", style="red"))
                 continue
             t.add_row(a.host, a.app, _state(a.service), a.release, f"{a.workers}/{a.processes}",
                       f"{a.busy}/{a.idle}", _num(a.requests), _num(a.rps), _num(a.avg_ms),
@@ -270,7 +275,7 @@ def table(report: Report) -> Group:
         if not h.apps and not h.backends:
             t.add_row(h.host, "", "", "", *[""] * (len(COLUMNS) - 5), _state(h.nginx))
     note = Text(f"RPS: {report.rps_method}; workers: running/configured (cheaper)", style="dim")
-    return Group(t, note)
+    return Group(t, *problems, note)
 
 
 def show(fleet: Fleet, *, only: str = "", watch: bool = False, interval: float = 2.0,
@@ -304,7 +309,8 @@ def show(fleet: Fleet, *, only: str = "", watch: bool = False, interval: float =
                 if n == 1:
                     _check_app(report, only)
                 if as_json:
-                    console.print(json.dumps(report.to_dict()), soft_wrap=True, highlight=False)
+                    console.print(json.dumps(report.to_dict()), soft_wrap=True, highlight=False,
+                                  markup=False)
                 else:
                     live.update(table(report), refresh=True)
                 if count and n >= count:

@@ -4,6 +4,8 @@ wrk keeps ``connections`` requests in flight against one URL; a Lua script
 stops each thread after its share of ``max_requests`` and prints a JSON
 summary. ``stop()`` ends the run early (SIGINT), so a test can load a host
 exactly while something happens to it. Only lab-host or loopback URLs.
+``headers=("Connection: close",)`` makes every request use a new connection
+(wrk never retries a request on a kept-alive connection the server closed).
 
 Example::
 
@@ -59,14 +61,15 @@ class Load:
     """wrk in the background, bounded by time and by request count."""
 
     def __init__(self, url: str, connections: int = 4, max_seconds: int = 300,
-                 max_requests: int = 500_000, threads: int = 2) -> None:
+                 max_requests: int = 500_000, threads: int = 2, headers: tuple[str, ...] = ()) -> None:
         assert url.startswith(("http://10.83.", "http://127.")), "lab hosts or loopback only"
         self._dir = tempfile.TemporaryDirectory(prefix="keel-load-")
         script = Path(self._dir.name) / "count.lua"
         script.write_text(LUA)
         threads = min(threads, connections)
         self.cmd = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{max_seconds}s",
-                    "--timeout", "10s", "-s", str(script), url, "--",
+                    "--timeout", "10s", *(a for h in headers for a in ("-H", h)),
+                    "-s", str(script), url, "--",
                     str(max_requests // threads)]
         self.max_seconds = max_seconds
         self.proc: subprocess.Popen[str] | None = None

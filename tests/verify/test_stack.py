@@ -13,8 +13,13 @@ def _who(host: Any) -> str:
     return host.backend.hostname
 
 
-def test_packages_installed(host: Any) -> None:
-    for pkg in ("nginx", "python3-venv", "nftables", "unattended-upgrades"):
+def _is_lb(expect: dict) -> bool:
+    return expect.get("role") == "lb"
+
+
+def test_packages_installed(host: Any, expect: dict) -> None:
+    wanted = ["nginx", "nftables", "unattended-upgrades"] + ([] if _is_lb(expect) else ["python3-venv"])
+    for pkg in wanted:
         assert host.package(pkg).is_installed, f"{_who(host)}: package {pkg} is not installed"
 
 
@@ -36,7 +41,9 @@ def test_app_socket(host: Any, expect: dict) -> None:
             f"{_who(host)}: {app['socket']} group is {sock.group}, not {expect['nginx_group']}")
 
 
-def test_no_uwsgi_runs_as_root(host: Any) -> None:
+def test_no_uwsgi_runs_as_root(host: Any, expect: dict) -> None:
+    if _is_lb(expect):
+        return  # a load balancer runs no app
     procs = host.check_output("ps -eo user=,args= | grep -i '[u]wsgi' || true")
     assert procs.strip(), f"{_who(host)}: no uwsgi process is running"
     as_root = [ln for ln in procs.splitlines() if ln.split()[0] == "root"]
@@ -69,12 +76,40 @@ def test_nginx_site_enabled_and_valid(host: Any, expect: dict) -> None:
 
 def test_http_through_nginx(host: Any, expect: dict) -> None:
     for app in expect["apps"]:
-        name = app["server_name"] if app["server_name"] != "_" else "localhost"
+        name = app["server_name"].split()[0] if app["server_name"] != "_" else "localhost"
         for path in ("/", "/healthz"):
-            code = host.check_output(
-                f"curl -s -o /dev/null -w '%{{http_code}}' -H 'Host: {name}' "
-                f"http://127.0.0.1:{app['listen']}{path}")
+            if app.get("tls"):  # HTTP redirects; HTTPS serves (checked on this host, -k)
+                port = app["tls_listen"]
+                url = f"-k --resolve {name}:{port}:127.0.0.1 https://{name}:{port}{path}"
+                plain = host.check_output(
+                    f"curl -s -o /dev/null -w '%{{http_code}}' -H 'Host: {name}' "
+                    f"http://127.0.0.1:{app['listen']}{path}")
+                assert plain == "301", (
+                    f"{_who(host)}: GET http://{name}{path} answered {plain}, not 301 to https")
+            else:
+                url = f"-H 'Host: {name}' http://127.0.0.1:{app['listen']}{path}"
+            code = host.check_output(f"curl -s -o /dev/null -w '%{{http_code}}' {url}")
             assert code == "200", f"{_who(host)}: GET {path} (Host: {name}) answered {code}, not 200"
+        if app.get("tls"):
+            _tls_key_is_private(host, app)
+    if _is_lb(expect):
+        _load_balancer_serves(host, expect)
+
+
+def _tls_key_is_private(host: Any, app: dict) -> None:
+    key = host.file(app["tls_key_path"])
+    assert key.exists, f"{_who(host)}: {app['tls_key_path']} is missing"
+    assert (key.mode, key.user, key.group) == (0o600, "root", "root"), (
+        f"{_who(host)}: {app['tls_key_path']} is {key.user}:{key.group} {key.mode:o}, "
+        "not root:root 600")
+
+
+def _load_balancer_serves(host: Any, expect: dict) -> None:
+    site = f"/etc/nginx/sites-enabled/{expect['lb_site']}"
+    assert host.file(site).is_symlink, f"{_who(host)}: {site} is not a symlink"
+    code = host.check_output(
+        f"curl -s -o /dev/null -w '%{{http_code}}' http://127.0.0.1:{expect['lb_listen']}/healthz")
+    assert code == "200", f"{_who(host)}: GET /healthz through the load balancer answered {code}"
 
 
 def test_firewall(host: Any, expect: dict) -> None:
@@ -97,3 +132,14 @@ def test_env_file_mode(host: Any, expect: dict) -> None:
         assert env.mode == 0o640, f"{_who(host)}: {app['env_file']} mode is {env.mode:o}, not 640"
         assert (env.user, env.group) == ("root", app["group"]), (
             f"{_who(host)}: {app['env_file']} is {env.user}:{env.group}, not root:{app['group']}")
+
+
+def test_app_units_are_hardened(host: Any, expect: dict) -> None:
+    for app in expect["apps"]:
+        unit = app["unit"]
+        check = host.run(f"systemd-analyze verify {unit}")
+        assert check.rc == 0 and unit not in check.stderr, (
+            f"{_who(host)}: systemd-analyze verify {unit}: {check.stderr.strip()}")
+        out = host.check_output(f"systemd-analyze security {unit} | tail -n 1")
+        score = float(out.split("level for ")[1].split(":")[1].split()[0])
+        assert score <= 2.5, f"{_who(host)}: {unit} exposure is {score}, above 2.5"

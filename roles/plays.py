@@ -1,0 +1,73 @@
+"""The plays the tasks run: which roles, in which order, on which hosts.
+
+``fabfile.py`` parses options and calls these; the roles do the work and the
+engine runs them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from invoke import Exit
+
+from keel import cli
+from keel.inventory import HostSpec
+from keel.rolling import Rotation, Stage
+from keel.runner import Play
+from roles import app as app_role
+from roles import apps, bootstrap, lb, python, release, tls, uwsgi
+from roles import nginx as nginx_role
+
+TEMPLATES = [cli.PROJECT_DIR / "templates"]
+
+
+def login(spec: HostSpec) -> str:
+    """After bootstrap, runs log in as the deploy user (root login is off)."""
+    return spec.vars.get("deploy_user", bootstrap.DEFAULTS["deploy_user"])
+
+
+def is_app_host(spec: HostSpec) -> bool:
+    return not lb.is_balancer(spec)
+
+
+def bootstrap_play() -> Play:
+    return Play("bootstrap", [bootstrap], TEMPLATES)
+
+
+def app_play(name: str = "deploy") -> Play:
+    """The app stack, ending with the health gate (which rolls back a bad release)."""
+    return Play(name, [apps, python, app_role, release, uwsgi, tls, nginx_role, tls.cleanup,
+                       release.gate], TEMPLATES, login=login, lock=True)
+
+
+def rollback_play() -> Play:
+    return Play("rollback", [apps, release.Rollback(), release.gate], TEMPLATES, login=login,
+                lock=True)
+
+
+def releases_play() -> Play:
+    return Play("releases", [apps, release.Releases()], TEMPLATES, login=login)
+
+
+def deploy(c: Any, name: str, inventory: str | None, limit: str | None, serial: Any,
+           **opts: Any) -> None:
+    """Load balancers first; then the app hosts, in batches drained from every balancer."""
+    fleet, hosts = cli.select_hosts(c, inventory, None), cli.select_hosts(c, inventory, limit)
+    options = cli.options(c, **opts)
+    balancers = [h for h in fleet if lb.is_balancer(h)]
+    lb_play = Play(name, [lb.Pool(fleet), lb], TEMPLATES, login=login, lock=True)
+    rotation = Rotation(balancers, lb_play, lb_play, options, var="lb_down") if balancers else None
+    if serial not in (None, "") and not str(serial).isdigit():
+        raise Exit(f"{name}: --serial must be a number of hosts, not {serial!r}", code=2)
+    batch = int(serial) if serial not in (None, "") else 1 if balancers else 0
+    cli.run_in_stages(name, [
+        Stage([h for h in hosts if lb.is_balancer(h)], lb_play, options),
+        Stage([h for h in hosts if is_app_host(h)], app_play(name),
+              replace(options, serial=batch), rotation),
+    ])
+
+
+def expectations(spec: HostSpec) -> dict[str, Any]:
+    """What ``fab verify`` checks on this host."""
+    return (lb.expectations if lb.is_balancer(spec) else apps.expectations)(spec.vars)

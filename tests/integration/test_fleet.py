@@ -1,0 +1,291 @@
+"""Operating a fleet on lab hosts: a load balancer in front of three app hosts, status, logs, TLS.
+
+lab5 is the load balancer (inventory group ``lb``) and lab6..lab8 the app
+hosts (group ``app``), in an inventory of their own; lab1..lab4 belong to the
+other modules, so this module can run beside them in one session.
+
+Load through the load balancer uses one connection per request: each lb
+reload (two per batch) closes idle keep-alive client connections, and wrk,
+unlike browsers and HTTP libraries, does not retry a request sent on a
+connection the server closed at that instant (see README, "Load balancer").
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+from keel.connection import Connection
+from keel.inventory import HostSpec
+from tests.conftest import ROOT, TestLab, fab
+from tests.integration.test_releases import Variant
+from tests.load import Load
+
+CONNECTION_VARS = ("ansible_host", "ansible_port", "ansible_user", "ansible_ssh_private_key_file",
+                   "ansible_ssh_common_args")
+TLS_NAME = "hello.fleet.test"
+
+
+@dataclass
+class Fleet:
+    inventory: Path
+    lb: HostSpec
+    apps: list[HostSpec]
+
+    @property
+    def hosts(self) -> list[HostSpec]:
+        return [self.lb, *self.apps]
+
+
+def _inventory(path: Path, groups: dict[str, list[HostSpec]]) -> Path:
+    doc = {"all": {"children": {
+        group: {"hosts": {s.name: {k: s.vars[k] for k in CONNECTION_VARS} for s in specs}}
+        for group, specs in groups.items()}}}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    (path.parent / "group_vars").symlink_to(ROOT / "inventory" / "group_vars")
+    return path
+
+
+@pytest.fixture(scope="module")
+def fleet(test_lab: TestLab, tmp_path_factory: pytest.TempPathFactory) -> Fleet:
+    """lab5 (lb) + lab6..lab8 (app), bootstrapped and deployed; the app hosts in one batch."""
+    specs = test_lab.hosts(8)[4:]
+    inventory = _inventory(tmp_path_factory.mktemp("fleet") / "fleet.yml",
+                           {"lb": specs[:1], "app": specs[1:]})
+    fab("bootstrap", inventory=inventory, check=True)
+    fab("deploy", "--serial", "3", inventory=inventory, check=True)
+    return Fleet(inventory, specs[0], specs[1:])
+
+
+def _get(url: str, *curl: str) -> tuple[int, str]:
+    proc = subprocess.run(["curl", "-s", "--max-time", "5", "-w", "\n%{http_code}", *curl, url],
+                          capture_output=True, text=True)
+    body, _, code = proc.stdout.rpartition("\n")
+    return int(code or 0), body
+
+
+def _release(spec: HostSpec) -> str:
+    code, body = _get(f"http://{spec.address}/version")
+    return json.loads(body)["release"] if code == 200 else f"HTTP {code}"
+
+
+def _status(fleet: Fleet) -> dict:
+    proc = fab("status", "--json", inventory=fleet.inventory, check=True)
+    return json.loads(proc.stdout)["hosts"]
+
+
+def _on(spec: HostSpec, script: str) -> str:
+    conn = Connection.open(spec, user="deploy")
+    try:
+        return conn.run(script).out
+    finally:
+        conn.close()
+
+
+# ------------------------------------------------------------------ load balancer
+def test_lb_spreads_requests_over_every_app_host(fleet: Fleet) -> None:
+    before = _status(fleet)
+    for _ in range(30):
+        assert _get(f"http://{fleet.lb.address}/version")[0] == 200
+    after = _status(fleet)
+    served = {s.name: after[s.name]["apps"]["hello"]["requests"]
+              - before[s.name]["apps"]["hello"]["requests"] for s in fleet.apps}
+    assert all(n >= 5 for n in served.values()), served
+    pool = after[fleet.lb.name]["backends"]
+    assert [(b["name"], b["address"], b["down"]) for b in pool] == [
+        (s.name, f"{s.address}:80", False) for s in fleet.apps]
+
+
+def test_second_deploy_changes_nothing_and_drains_nothing(fleet: Fleet) -> None:
+    proc = fab("deploy", "--json", "/dev/stdout", inventory=fleet.inventory, check=True)
+    doc = json.loads(proc.stdout[proc.stdout.index("{"):proc.stdout.rindex("}") + 1])
+    assert {name: h["changed"] for name, h in doc["hosts"].items()} == {
+        s.name: 0 for s in fleet.hosts}
+    assert "out of service" not in proc.stdout
+
+
+def test_rolling_deploy_under_load_drops_nothing(fleet: Fleet, tmp_path: Path) -> None:
+    variant = Variant(tmp_path)
+    release = variant.change()
+    with Load(f"http://{fleet.lb.address}/version", connections=4, max_seconds=240,
+              max_requests=400_000, headers=("Connection: close",)) as load:
+        t0 = time.monotonic()
+        proc = fab("deploy", "--extra-vars", variant.extra(), inventory=fleet.inventory)
+        seconds = time.monotonic() - t0
+    result = load.result
+    print(f"\nrolling deploy of {len(fleet.apps)} hosts: {seconds:.1f} s; load through the lb: {result}")
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    # One host per batch: out of service, deployed, back in, before the next one goes out.
+    events = [ln.split(None, 1) for ln in proc.stdout.splitlines()
+              if "out of service on" in ln or "back in service on" in ln]
+    assert [(host, text.split(" on ")[0]) for host, text in events] == [
+        (s.name, word) for s in fleet.apps for word in ("out of service", "back in service")]
+    assert result is not None and result.requests > 1000, result
+    assert result.errors == 0, result
+    assert {s.name: _release(s) for s in fleet.apps} == {s.name: release for s in fleet.apps}
+    assert " down;" not in _on(fleet.lb, "cat /etc/nginx/sites-available/lb")
+
+
+def test_verify_passes_on_the_lb_and_the_app_hosts(fleet: Fleet) -> None:
+    proc = fab("verify", inventory=fleet.inventory)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert " passed" in proc.stdout and "failed" not in proc.stdout
+
+
+# ------------------------------------------------------------------ status
+def test_status_table(fleet: Fleet) -> None:
+    proc = fab("status", inventory=fleet.inventory, check=True)
+    print(f"\n{proc.stdout}")
+    lines = proc.stdout.splitlines()
+    header = lines[1].split()  # some headers take two lines
+    assert header[:4] == ["host", "app", "service", "release"]
+    for col in ("workers", "busy/", "idle", "requests", "RPS", "avg", "ms", "RSS", "MiB", "respawns",
+                "exceptions", "nginx"):
+        assert col in lines[0].split() + header, lines[:2]
+    lb_row = next(ln for ln in lines if ln.startswith(f"{fleet.lb.name} ")).split()
+    assert lb_row[1:4] == ["(lb)", "3/3", "up"] and lb_row[-1] == "active"
+    for spec in fleet.apps:
+        row = next(ln for ln in lines if ln.startswith(f"{spec.name} ")).split()
+        assert row[1:3] == ["hello", "active"] and row[-1] == "active", row
+        running, configured = map(int, row[4].split("/"))
+        assert 1 <= running <= configured, row
+    assert "RPS: requests in 1 s between two samples" in proc.stdout
+
+
+def test_status_json_watch_and_bad_input(fleet: Fleet) -> None:
+    proc = fab("status", "--watch", "--json", "--interval", "0.5", "--count", "2",
+               inventory=fleet.inventory, check=True)
+    frames = [json.loads(ln) for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    assert len(frames) == 2
+    assert frames[1]["rps_method"].startswith("change since the previous refresh")
+    hello = frames[1]["hosts"][fleet.apps[0].name]["apps"]["hello"]
+    assert hello["rps"] is not None and hello["processes"] >= hello["workers"] >= 1
+    bad = fab("status", "--watch", "--interval", "0", inventory=fleet.inventory)
+    assert bad.returncode != 0 and "--interval must be 0.5 to 60 seconds" in bad.stderr
+    none = fab("status", "--app", "nope", inventory=fleet.inventory)
+    assert none.returncode != 0 and "no selected host runs an app named 'nope'" in none.stderr
+
+
+# ------------------------------------------------------------------ logs
+def test_logs_prefix_every_line_with_its_host(fleet: Fleet) -> None:
+    proc = fab("logs", "--lines", "20", inventory=fleet.inventory, check=True)
+    lines = proc.stdout.splitlines()
+    assert lines and all(ln.split()[0] in {s.name for s in fleet.hosts} for ln in lines), lines[:5]
+    for spec in fleet.apps:
+        assert any(ln.startswith(spec.name) and " hello[" in ln for ln in lines), spec.name
+    only = fab("logs", "--app", "hello", "--lines", "5", inventory=fleet.inventory, check=True)
+    assert {ln.split()[0] for ln in only.stdout.splitlines()} == {s.name for s in fleet.apps}
+    # The lb's own journal: nginx's reloads during the rolling deploy.
+    lb = fab("logs", "--since", "-30min", "--limit", fleet.lb.name, inventory=fleet.inventory,
+             check=True)
+    assert any(ln.startswith(f"{fleet.lb.name} ") and "Reloaded nginx.service" in ln
+               for ln in lb.stdout.splitlines()), lb.stdout[-2000:]
+    bad = fab("logs", "--since", "yesterdayish", "--limit", fleet.lb.name, inventory=fleet.inventory)
+    assert bad.returncode != 0 and f"{fleet.lb.name}  Failed to parse timestamp" in bad.stdout
+
+
+def test_logs_follow_ends_cleanly_on_ctrl_c(fleet: Fleet, tmp_path: Path) -> None:
+    out = tmp_path / "follow.out"
+    with open(out, "w") as fh:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "fabric", "logs", "--follow", "--app", "hello", "--lines", "0",
+             "--inventory", str(fleet.inventory)], cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT)
+    try:
+        seen: set[str] = set()
+        deadline = time.monotonic() + 30
+        while seen != {s.name for s in fleet.apps} and time.monotonic() < deadline:
+            _get(f"http://{fleet.lb.address}/version")
+            time.sleep(0.2)
+            seen = {ln.split()[0] for ln in out.read_text().splitlines() if "GET /version" in ln}
+        assert seen == {s.name for s in fleet.apps}, out.read_text()[-2000:]
+        proc.send_signal(signal.SIGINT)
+        rc = proc.wait(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    text = out.read_text()
+    assert rc == 0, text[-2000:]
+    assert "Traceback" not in text
+    for spec in fleet.apps:  # the remote journalctl and its watchdog are gone too
+        left = "?"
+        for _ in range(20):  # "[-]": the pattern does not match the shell running pgrep
+            left = _on(spec, "pgrep -af 'journalctl [-]-no-pager'; true")
+            if not left.strip():
+                break
+            time.sleep(0.25)
+        assert not left.strip(), f"{spec.name}: still running: {left}"
+
+
+# ------------------------------------------------------------------ TLS
+@pytest.fixture
+def tls_files(tmp_path: Path) -> tuple[Path, Path]:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                    "-subj", f"/CN={TLS_NAME}", "-addext", f"subjectAltName=DNS:{TLS_NAME}",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    return cert, key
+
+
+def _tls_inventory(tmp_path: Path, spec: HostSpec, **app: object) -> Path:
+    """``spec`` alone (no lb: its nginx redirects HTTP), with a TLS app in its host_vars."""
+    path = _inventory(tmp_path / "tls" / "hosts.yml", {"app": [spec]})
+    (path.parent / "host_vars").mkdir()
+    (path.parent / "host_vars" / f"{spec.name}.yml").write_text(json.dumps({"apps": [{
+        "name": "hello", "source": "app", "module": "hello:create_app()", "server_name": TLS_NAME,
+        "env": {"APP_SECRET_KEY": "lab-only-secret-change-me"},
+        "pre_start": ["python -m hello.migrate"], **app}]}))
+    return path
+
+
+def test_tls(fleet: Fleet, tmp_path: Path, tls_files: tuple[Path, Path]) -> None:
+    spec = fleet.apps[-1]
+    cert, key = tls_files
+    secret = "".join(key.read_text().splitlines()[1:4])  # a slice of the key's base64
+    inventory = _tls_inventory(tmp_path, spec, tls_cert=str(cert), tls_key=str(key), tls_hsts=600)
+    try:
+        plan = fab("plan", "--json", str(tmp_path / "plan.json"), inventory=inventory, check=True)
+        assert "file /etc/nginx/tls/hello.key (created)\n    (secret content hidden)" in plan.stdout
+        deploy = fab("deploy", "--diff", "--json", str(tmp_path / "deploy.json"),
+                     inventory=inventory, check=True)
+        for text in (plan.stdout, deploy.stdout, (tmp_path / "plan.json").read_text(),
+                     (tmp_path / "deploy.json").read_text()):
+            assert secret not in text and "PRIVATE KEY" not in text
+        https = f"https://{TLS_NAME}/healthz"
+        resolve = ["--resolve", f"{TLS_NAME}:443:{spec.address}"]
+        code, body = _get(https, "--cacert", str(cert), *resolve)
+        assert code == 200 and json.loads(body)["status"] == "ok", (code, body)
+        head = subprocess.run(["curl", "-s", "-o", "/dev/null", "-D", "-", "--cacert", str(cert),
+                               *resolve, https], capture_output=True, text=True).stdout
+        assert "strict-transport-security: max-age=600" in head.lower()
+        redirect = subprocess.run(
+            ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code} %{redirect_url}",
+             "-H", f"Host: {TLS_NAME}", f"http://{spec.address}/healthz"],
+            capture_output=True, text=True).stdout
+        assert redirect == f"301 https://{TLS_NAME}/healthz"
+        old = subprocess.run(["curl", "-s", "--tls-max", "1.1", "--cacert", str(cert), *resolve,
+                              https], capture_output=True)
+        assert old.returncode != 0, "TLS 1.1 was accepted"
+        assert _on(spec, "stat -c '%U:%G %a' /etc/nginx/tls/hello.key").strip() == "root:root 600"
+        verify = fab("verify", inventory=inventory)
+        assert verify.returncode == 0, verify.stdout[-3000:]
+
+        missing = tmp_path / "missing.pem"
+        broken = _tls_inventory(tmp_path / "broken", spec, tls_cert=str(cert), tls_key=str(missing))
+        proc = fab("deploy", inventory=broken)
+        assert proc.returncode != 0
+        errors = [ln for ln in proc.stdout.splitlines() if ln.startswith(f"{spec.name}: ")]
+        assert errors == [f"{spec.name}: app hello: tls_key {missing} does not exist"], proc.stdout
+        assert _get(https, "--cacert", str(cert), *resolve)[0] == 200  # untouched
+    finally:  # back to plain HTTP behind the lb; the key and certificate are removed
+        fab("deploy", "--limit", spec.name, inventory=fleet.inventory, check=True)
+    assert _on(spec, "ls /etc/nginx/tls").split() == ["ffdhe2048.pem"]
+    assert _get(f"http://{fleet.lb.address}/healthz")[0] == 200
