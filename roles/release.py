@@ -25,7 +25,7 @@ from keel.errors import HostError
 from keel.host import Host
 from keel.operation import q
 from keel.ops import files, server
-from roles import apps
+from roles import apps, uwsgi
 
 DEFAULTS: dict[str, Any] = {
     # Release directories kept per app (the current and previous are always kept).
@@ -38,18 +38,11 @@ DEFAULTS: dict[str, Any] = {
 
 # Runs on the host: chain-reload through the master FIFO, then wait until every
 # worker that was alive has been replaced (read from the stats socket).
-CHAIN_RELOAD = r"""
-import json, os, socket, sys, time
+CHAIN_RELOAD = uwsgi.READ_STATS + r"""
+import sys, time
 fifo, stats, timeout = sys.argv[1], sys.argv[2], float(sys.argv[3])
 def workers():
-    s = socket.socket(socket.AF_UNIX)
-    s.settimeout(5)
-    s.connect(stats)
-    data = b""
-    while chunk := s.recv(65536):
-        data += chunk
-    s.close()
-    return [w for w in json.loads(data)["workers"] if w["pid"] > 0]
+    return [w for w in read_stats(stats)["workers"] if w["pid"] > 0]
 old = {w["pid"] for w in workers()}
 with open(fifo, "w") as f:
     f.write("c")

@@ -43,22 +43,15 @@ from keel.errors import KeelError
 from keel.fleet import Fleet
 from keel.host import Host
 from keel.operation import q
-from roles import apps, lb
+from roles import apps, lb, uwsgi
 
 # Runs on the host (as root: the stats sockets are 0600). JSON in on stdin, JSON out.
-PROBE = r"""
-import json, os, re, socket, subprocess, sys, time
+PROBE = uwsgi.READ_STATS + r"""
+import os, re, subprocess, sys, time
 spec = json.load(sys.stdin)
 KEYS = ("pid", "status", "requests", "exceptions", "respawn_count", "avg_rt", "rss")
 def stats(path):
-    s = socket.socket(socket.AF_UNIX)
-    s.settimeout(3)
-    s.connect(path)
-    data = b""
-    while chunk := s.recv(65536):
-        data += chunk
-    s.close()
-    d = json.loads(data)
+    d = read_stats(path, timeout=3)
     return {"t": time.monotonic(), "listen_queue": d.get("listen_queue", 0),
             "workers": [{k: w.get(k, 0) for k in KEYS} for w in d.get("workers", [])]}
 def sample():

@@ -17,6 +17,21 @@ from roles import apps
 DEFAULTS: dict[str, Any] = {}
 INI_DIR = "/etc/uwsgi-apps"
 
+#: Host-side Python, prepended to the scripts that read a uWSGI stats socket
+#: (the deploy's chain reload, ``fab status``): the socket's JSON as a dict.
+READ_STATS = r"""
+import json, socket
+def read_stats(path, timeout=5):
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(timeout)
+    s.connect(path)
+    data = b""
+    while chunk := s.recv(65536):
+        data += chunk
+    s.close()
+    return json.loads(data)
+"""
+
 
 def apply(host: Host) -> None:
     files.directory(host, INI_DIR, owner="root", group="root", mode="0755")
