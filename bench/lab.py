@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import benchlib  # noqa: F401  (puts the project root on sys.path)
+
 from keel.lab import Lab, ensure_image, memory_bytes
 
 OUT = Path(__file__).resolve().parent.parent / "docs" / "bench" / "lab.md"
