@@ -36,6 +36,7 @@ from keel.inventory import Inventory
 from keel.ops.files import TREE_MARKER, _walk, tree_digest
 from keel.ops.python import requirements_key
 from roles import apps, nginx, python
+from roles.app import IMPORT_CHECK  # the very check keel's app role runs
 
 KEEL = "keel"
 ANS_DEF = "ansible (default)"
@@ -238,19 +239,6 @@ class Bench:
             log(f"round trip floor, {key}: {bl.median(times) * 1000:.2f} ms")
 
 
-# What keel's app role runs before a release goes live (its import check), as the app user.
-IMPORT_CHECK = """
-import importlib, sys
-spec = sys.argv[1]
-mod, _, attr = spec.partition(":")
-obj = importlib.import_module(mod)
-name = attr.removesuffix("()") or "application"
-app = getattr(obj, name)
-if attr.endswith("()"):
-    app = app()
-if not callable(app):
-    sys.exit(f"{spec} is not a WSGI callable")
-"""
 
 
 def as_app_user(app: dict[str, Any], cmd: str) -> str:
