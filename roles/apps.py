@@ -43,8 +43,12 @@ APP_DEFAULTS: dict[str, Any] = {
     # uWSGI workers: processes defaults to 2 per CPU (from facts), at least 2.
     "processes": None,
     "threads": 4,
-    # Adaptive workers: keep at least `cheaper`, start with `cheaper_initial`.
-    "cheaper": 1,
+    # Adaptive workers (uWSGI's cheaper): 0 keeps a fixed pool of `processes`, which
+    # is what a host with a few workers wants: cheaper stops idle workers and
+    # re-spawns them (re-importing the app) when load returns, so a burst waits for
+    # imports. Set 0 < cheaper < processes for many workers on a memory-tight host:
+    # at least `cheaper` run, `cheaper_initial` at start.
+    "cheaper": 0,
     "cheaper_initial": 2,
     "cheaper_step": 1,
     # Seconds before uWSGI kills a stuck request; nginx waits a bit longer.

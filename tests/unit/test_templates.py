@@ -239,6 +239,15 @@ def test_uwsgi_ini_leaves_cheaper_out_when_it_cannot_work(app, processes, cheape
     assert not keys & {"cheaper", "cheaper-algo", "cheaper-initial", "cheaper-step"}
 
 
+def test_uwsgi_ini_defaults_to_a_fixed_pool(app):
+    from roles.apps import APP_DEFAULTS
+
+    app.update({k: APP_DEFAULTS[k] for k in ("cheaper", "cheaper_initial", "cheaper_step")})
+    opts = dict(ini_pairs(render("uwsgi.ini.j2", app)))
+    assert opts["processes"] == "4"
+    assert not opts.keys() & {"cheaper", "cheaper-algo", "cheaper-initial", "cheaper-step"}
+
+
 @pytest.mark.parametrize(("initial", "expected"), [(0, "1"), (9, "4")])
 def test_uwsgi_ini_clamps_cheaper_initial(app, initial, expected):
     app["cheaper_initial"] = initial
