@@ -34,7 +34,7 @@ from keel.connection import Connection  # benchlib puts the project on sys.path
 from keel.facts import gather
 from keel.inventory import Inventory
 from keel.ops.files import TREE_MARKER, _walk, tree_digest
-from keel.ops.python import requirements_key
+from keel.ops.python import PIP_INSTALL_FLAGS, requirements_key
 from roles import apps, nginx, python
 from roles.app import IMPORT_CHECK  # the very check keel's app role runs
 
@@ -81,7 +81,7 @@ class Bench:
         venv_script = (
             f"set -e; rm -rf {v}; python3 -m venv {v}; "
             f"printf '%s' {shlex.quote(reqs)} > {v}/requirements.txt; "
-            f"{v}/bin/pip install -q --disable-pip-version-check --no-input -r {v}/requirements.txt; "
+            f"{v}/bin/pip install {PIP_INSTALL_FLAGS} -r {v}/requirements.txt; "
             f"chown -R root:root {v}; "
             'i=$(readlink -f "$(command -v python3)"); '
             f'echo "{want} $i $(stat -c %s:%Y "$i") root:root" > {v}/.keel-venv'
@@ -168,10 +168,9 @@ class Bench:
     def hand(self) -> float:
         """The same apt and pip commands as a fresh deploy, by hand over one SSH session."""
         host = self.lab.hosts()[0]
-        script = (f"REQUIREMENTS={shlex.quote(self.vars['app']['requirements_text'])}\n"
-                  + (bl.BENCH / "hand.sh").read_text())
         t0 = time.monotonic()
-        bl.ssh(self.lab, host.address, script, timeout=1200)
+        bl.ssh(self.lab, host.address, hand_script(self.vars['app']['requirements_text']),
+               timeout=1200)
         took = time.monotonic() - t0
         log(f"{HAND:22s} fresh             1 host(s): {took:7.2f} s")
         return took
@@ -250,6 +249,12 @@ def as_app_user(app: dict[str, Any], cmd: str) -> str:
     return f"runuser -u {q(app['user'])} -- sh -c {q(inner)}"
 
 
+def hand_script(requirements: str) -> str:
+    """bench/hand.sh with the app's requirements and keel's own pip flags."""
+    return (f"REQUIREMENTS={shlex.quote(requirements)}\nPIP_FLAGS={shlex.quote(PIP_INSTALL_FLAGS)}\n"
+            + (bl.BENCH / "hand.sh").read_text())
+
+
 def breakdown(lab: Any, work: Path, hand_too: bool = True) -> str:
     """Where a fresh ``fab deploy`` spends its time: every round trip timed, in-process.
 
@@ -289,8 +294,7 @@ def breakdown(lab: Any, work: Path, hand_too: bool = True) -> str:
         app_reqs = (bl.ROOT / "app" / "requirements.txt").read_text().rstrip("\n")
         reqs = app_reqs + f"\nuwsgi=={apps.APP_DEFAULTS['uwsgi_version']}\n"
         t1 = time.monotonic()
-        bl.ssh(lab, host.address, f"REQUIREMENTS={shlex.quote(reqs)}\n"
-               + (bl.BENCH / "hand.sh").read_text(), timeout=1200)
+        bl.ssh(lab, host.address, hand_script(reqs), timeout=1200)
         hand = time.monotonic() - t1
     top = sorted(trips, reverse=True)[:12]
     in_trips = sum(t for t, _ in trips)

@@ -7,6 +7,11 @@ import hashlib
 from keel.operation import Change, NoChange, OpGenerator, Probe, operation, q
 
 MARKER = ".keel-venv"
+# Flags of every ``pip install`` into a venv. --use-pep517 builds an sdist (uWSGI)
+# into a wheel, which pip keeps in its cache: without it, pip 23.0 (bookworm) runs
+# the legacy ``setup.py install``, which caches nothing, so each new venv (a
+# requirements change) compiles uWSGI again.
+PIP_INSTALL_FLAGS = "-q --disable-pip-version-check --no-input --use-pep517"
 # The interpreter's identity without starting it: real path, size and mtime.
 _INTERPRETER = (
     'i=$(readlink -f "$(command -v {python})" 2>/dev/null); '
@@ -50,7 +55,7 @@ def venv(
         return Change([f"chown -R {q(owner)}:{q(group)} {p}", f"echo {q(want)} > {p}/{MARKER}"],
                       f"owner {cur_owner} -> {owner}:{group}")
     reason = "created" if not current else "requirements or interpreter changed"
-    pip = f"{p}/bin/pip install -q --disable-pip-version-check --no-input"
+    pip = f"{p}/bin/pip install {PIP_INSTALL_FLAGS}"
     return Change([
         f"rm -rf {p}",
         f"{q(python)} -m venv {p}",

@@ -30,7 +30,8 @@ def rebuild(python_cmd: str = "python3", owner: str = "root:root", interp: str =
         f"rm -rf {VENV}",
         f"{python_cmd} -m venv {VENV}",
         f"cat > {VENV}/requirements.txt",
-        f"{VENV}/bin/pip install -q --disable-pip-version-check --no-input -r {VENV}/requirements.txt",
+        f"{VENV}/bin/pip install -q --disable-pip-version-check --no-input --use-pep517 "
+        f"-r {VENV}/requirements.txt",
         f"chown -R {owner} {VENV}",
         f"echo '{KEY} {interp} {owner}' > {VENV}/.keel-venv",
     ]
