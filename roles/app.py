@@ -90,7 +90,10 @@ def _canary(app: dict[str, Any]) -> str:
     """
     return (
         'd=$(mktemp -d); s="$d/canary.sock"; '
-        f"uwsgi --need-app --strict --master --processes 1 --die-on-term --disable-logging "
+        # One process and no master: the pid below is the whole canary, and a
+        # signal ends it at any point of its start-up (a master that gets SIGINT
+        # while it is still spawning its worker can miss it and live on).
+        f"uwsgi --need-app --strict --processes 1 --die-on-term --disable-logging "
         f"--http-socket \"$s\" --chdir {q(app['release_dir'])} "
         f"--virtualenv {q(app['release_dir'] + '/.venv')} --module {q(app['module'])} "
         f">\"$d/log\" 2>&1 & pid=$!; "
@@ -98,7 +101,10 @@ def _canary(app: dict[str, Any]) -> str:
         'code=$(curl -s -o "$d/body" -w "%{http_code}" --max-time 5 --unix-socket "$s" '
         "http://localhost/healthz 2>/dev/null); "
         '[ "$code" = 200 ] && break; kill -0 $pid 2>/dev/null || break; sleep 0.2; done; '
-        'kill -INT $pid 2>/dev/null; wait $pid 2>/dev/null; '
+        # TERM, and a watchdog KILLs it if it is still there after 5 s: the deploy
+        # never hangs here. (The watchdog writes nowhere, so nothing waits for it.)
+        'kill -TERM $pid 2>/dev/null; (sleep 5; kill -KILL $pid) >/dev/null 2>&1 & w=$!; '
+        'wait $pid 2>/dev/null; kill $w 2>/dev/null; '
         'if [ "$code" != 200 ]; then '
         # The answer's body says why; with no answer, uWSGI's last log line does.
         'if [ "$code" = 000 ]; then why=$(grep . "$d/log" | tail -n 1); '
