@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -22,6 +23,7 @@ import pytest
 from keel.connection import Connection
 from keel.inventory import HostSpec
 from keel.ops.files import tree_digest
+from roles.uwsgi import READ_STATS
 from tests.conftest import ROOT, TestLab, fab
 from tests.load import Load
 
@@ -110,6 +112,27 @@ def test_new_requirements_switch_venvs_without_dropping(test_lab: TestLab, deplo
     six = subprocess.run(["curl", "-s", f"http://{deployed.address}/six"], capture_output=True,
                          text=True)
     assert json.loads(six.stdout) == {"six": "1.16.0"}
+    assert load.result is not None and load.result.errors == 0, load.result
+
+
+def test_changed_ini_is_a_graceful_reload_under_load(test_lab: TestLab, deployed: HostSpec,
+                                                     variant: Variant) -> None:
+    """Only the uWSGI ini changes: systemd's reload (SIGHUP) re-reads it in the same master."""
+    conn = Connection.open(deployed, user="deploy")
+    try:
+        pid = conn.run("systemctl show -p MainPID --value hello").out.strip()
+        with Load(f"http://{deployed.address}/version", connections=4, max_seconds=120) as load:
+            proc = _deploy(test_lab, variant, threads=2)
+        assert proc.returncode == 0, proc.stdout[-2000:]
+        assert "reload hello.service" in proc.stdout and "restart hello" not in proc.stdout
+        assert conn.run("systemctl show -p MainPID --value hello").out.strip() == pid
+        script = READ_STATS + "print(json.dumps(read_stats('/run/hello/stats.sock')))"
+        stats = conn.run(f"python3 -c {shlex.quote(script)}")
+        assert stats.ok, stats.err
+    finally:
+        conn.close()
+    workers = json.loads(stats.out)["workers"]
+    assert workers and all(len(w["cores"]) == 2 for w in workers), workers
     assert load.result is not None and load.result.errors == 0, load.result
 
 

@@ -288,15 +288,17 @@ def test_unit_service_section(app):
     assert service["NotifyAccess"] == "main"
     assert service["ExecStart"] == (
         "/srv/hello/current/.venv/bin/uwsgi --ini /etc/uwsgi-apps/hello.ini")
-    assert service["ExecReload"] == "/bin/kill -HUP $MAINPID"
+    assert service["ExecReload"] == "+/bin/kill -HUP $MAINPID"
     assert service["KillSignal"] == "SIGTERM"
     assert service["KillMode"] == "mixed"
     assert int(service["TimeoutStopSec"]) > app["harakiri"]
     assert service["Restart"] == "on-failure"
     assert service["EnvironmentFile"] == "/srv/hello/shared/env"
-    assert service["RuntimeDirectory"] == "hello"
-    assert service["RuntimeDirectoryMode"] == "0750"
-    assert service["ReadWritePaths"] == "/srv/hello/shared/state"
+    # The run dir is made before each start, not a RuntimeDirectory= (which
+    # systemd would chown back to root on every reload).
+    assert "RuntimeDirectory" not in service
+    assert service["ExecStartPre"] == "+/usr/bin/install -d -o root -g root -m 0750 /run/hello"
+    assert service["ReadWritePaths"] == "/srv/hello/shared/state -/run/hello"
     # uWSGI drops privileges itself.
     assert "User" not in service and "DynamicUser" not in service
     assert dict(sections["Install"])["WantedBy"] == "multi-user.target"
@@ -348,7 +350,7 @@ def test_ini_and_unit_agree_on_the_run_directory(app):
     app.update(socket="/run/other/uwsgi.sock", stats_socket="/run/other/stats.sock")
     service = dict(unit_sections(render("uwsgi.service.j2", app))["Service"])
     opts = dict(ini_pairs(render("uwsgi.ini.j2", app)))
-    assert service["RuntimeDirectory"] == "other"
+    assert service["ExecStartPre"].endswith(" /run/other")
     assert opts["hook-as-root"].startswith("chown:/run/other ")
 
 
