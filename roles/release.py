@@ -37,26 +37,42 @@ DEFAULTS: dict[str, Any] = {
 }
 
 # Runs on the host: chain-reload through the master FIFO, then wait until every
-# worker that was alive has been replaced (read from the stats socket).
+# worker that was alive has been replaced and every worker accepts requests
+# (read from the stats socket). uWSGI ignores a "c" while a chain is still
+# running ("chain reload already running"), and a chain skips a worker that is
+# not accepting yet, so "c" is sent again whenever no old worker went for 3 s.
 CHAIN_RELOAD = uwsgi.READ_STATS + r"""
 import sys, time
 fifo, stats, timeout = sys.argv[1], sys.argv[2], float(sys.argv[3])
 def workers():
     return [w for w in read_stats(stats)["workers"] if w["pid"] > 0]
-old = {w["pid"] for w in workers()}
-with open(fifo, "w") as f:
-    f.write("c")
-deadline = time.monotonic() + timeout
+def chain():
+    with open(fifo, "w") as f:
+        f.write("c")
+now = workers()
+old = {w["pid"] for w in now}
+left, sent = len(old), time.monotonic()
+chain()
+deadline = sent + timeout
 while time.monotonic() < deadline:
     time.sleep(0.2)
     try:
         now = workers()
     except OSError:
         continue
-    if now and not old & {w["pid"] for w in now}:
+    pids = {w["pid"] for w in now}
+    if now and not old & pids and all(w["accepting"] for w in now):
         print(f"{len(old)} workers replaced")
         sys.exit(0)
-sys.exit(f"chain reload did not finish in {timeout:.0f}s")
+    if len(old & pids) < left:
+        left, sent = len(old & pids), time.monotonic()
+    elif time.monotonic() - sent > 3:
+        chain()
+        sent = time.monotonic()
+waiting = [f"worker {w['id']} (pid {w['pid']}, {w['status']}"
+           + (")" if w["accepting"] else ", not accepting)")
+           for w in now if w["pid"] in old or not w["accepting"]]
+sys.exit(f"chain reload did not finish in {timeout:.0f}s; waiting for: {', '.join(waiting)}")
 """
 
 
