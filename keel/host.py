@@ -7,6 +7,7 @@ it to operations; they never talk to the connection themselves.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -54,14 +55,7 @@ class Host:
         #: Scratch space roles share during one run (resolved settings, what switched).
         self.memo: dict[str, Any] = {}
         self.reporter = reporter
-        self._jinja = jinja2.Environment(
-            loader=jinja2.FileSystemLoader([str(d) for d in template_dirs or []]),
-            undefined=jinja2.StrictUndefined,
-            trim_blocks=True,
-            lstrip_blocks=True,
-            keep_trailing_newline=True,
-            autoescape=False,
-        )
+        self._jinja = _environment(tuple(str(d) for d in template_dirs or []))
 
     # ---------------------------------------------------------- operations
     def apply(self, op: str, target: str, gen: OpGenerator, notify: list[str]) -> Result:
@@ -213,6 +207,23 @@ class Host:
     @property
     def ok(self) -> int:
         return sum(1 for r in self.results if not r.failed)
+
+
+@functools.cache
+def _environment(template_dirs: tuple[str, ...]) -> jinja2.Environment:
+    """One Jinja2 environment per set of template dirs, shared by every host of the run.
+
+    Each template is compiled once per run, not once per host (an environment
+    is safe to render from many threads; it checks the files' mtimes as usual).
+    """
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(list(template_dirs)),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
 
 
 def _last_line(text: str) -> str:
