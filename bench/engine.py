@@ -5,7 +5,7 @@ packages, services) once, then time no-change runs on 1 host and on 10 hosts in
 parallel, count round trips per operation, time each operation kind, and compare with
 one bare SSH round trip. Writes docs/bench/engine.md and engine.png.
 
-    /tmp/venvtest/bin/python bench/engine.py [--quick]
+    .venv/bin/python bench/engine.py [--quick]
 """
 
 from __future__ import annotations
@@ -236,7 +236,7 @@ def report(r: dict[str, Any], info: dict[str, str], runs: int, quick: bool, star
         f"- **{'met' if goal_10 else 'missed'}**: 10 hosts in parallel ≤ 2x one host: "
         f"{ten / one:.2f}x",
         f"- round trips per no-change operation: {per_op_rt:.2f} (the design says 1)", "",
-        "Run: `/tmp/venvtest/bin/python bench/engine.py [--quick]`. Raw: `docs/bench/engine.json`.",
+        "Run: `.venv/bin/python bench/engine.py [--quick]`. Raw: `docs/bench/engine.json`.",
         "",
     ])
 

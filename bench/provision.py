@@ -7,8 +7,8 @@ created hosts; its no-change runs follow on the hosts it converged. The 20-host 
 converges once with keel (one fresh run), lets Ansible and pyinfra take the same hosts
 over, then times no-change runs of all three. Writes docs/bench/provision.md and PNGs.
 
-    /tmp/venvtest/bin/python bench/provision.py            # 1, 5, 20 hosts
-    /tmp/venvtest/bin/python bench/provision.py --quick    # 1 and 5 hosts, fewer runs
+    .venv/bin/python bench/provision.py            # 1, 5, 20 hosts
+    .venv/bin/python bench/provision.py --quick    # 1 and 5 hosts, fewer runs
 """
 
 from __future__ import annotations
@@ -50,8 +50,10 @@ LOGIN = json.dumps({"deploy_user": "debian"})
 class Bench:
     """One benchmark run: tool venvs, work files, and every sample measured."""
 
-    def __init__(self, lab: Any, bins: dict[str, Path], work: Path) -> None:
+    def __init__(self, lab: Any, bins: dict[str, Path], work: Path, others_up_to: int = 0) -> None:
         self.lab = lab
+        #: Ansible and pyinfra run only up to this many hosts (0: always).
+        self.others_up_to = others_up_to
         self.bins = bins
         self.work = work
         self.inv = work / "inv" / "lab.yml"
@@ -176,10 +178,14 @@ class Bench:
         return took
 
     # ---------------------------------------------------------- phases
+    def tools(self, n: int) -> list[str]:
+        """The tools measured on ``n`` hosts."""
+        return TOOLS if not self.others_up_to or n <= self.others_up_to else [KEEL]
+
     def fresh_and_nochange(self, n: int, rounds: int, runs: int) -> None:
         """Per round, per tool: new hosts, a fresh converge, then ``runs`` no-change runs."""
         for r in range(rounds):
-            for tool in [*TOOLS, *([HAND] if n == 1 else [])]:
+            for tool in [*self.tools(n), *([HAND] if n == 1 else [])]:
                 log(f"--- {n} host(s), round {r + 1}/{rounds}: {tool} on new hosts")
                 bl.fresh_hosts(self.lab, n, self.inv)
                 if not self.vars:
@@ -200,7 +206,7 @@ class Bench:
         if not self.vars:
             self.prepare_vars()
         self.samples["fresh"].setdefault(n, {})[KEEL] = [self.run(KEEL, n, "fresh")]
-        for tool in TOOLS:
+        for tool in self.tools(n):
             if tool != KEEL and tool != ANS_PIPE:  # one takeover per tool (pipelining: same hosts)
                 self.samples["takeover"][tool] = self.run(tool, n, "takeover")
             for i in range(runs):
@@ -370,6 +376,8 @@ def report(b: Bench, info: dict[str, str], versions: dict[str, str], args: argpa
         base = bl.median(nc[n].get(KEEL, []))
         for tool in TOOLS:
             vals = nc[n].get(tool, [])
+            if not vals:
+                continue
             rows.append([n, tool, len(vals), bl.fmt_s(bl.median(vals)),
                          bl.fmt_s(min(vals) if vals else None),
                          "1.00x" if tool == KEEL else bl.fmt_x(bl.median(vals) / base)])
@@ -403,8 +411,8 @@ def report(b: Bench, info: dict[str, str], versions: dict[str, str], args: argpa
                              "median"],
                             [[k, f"{v * 1000:.2f} ms"] for k, v in s["floor"].items()]), ""]
     out += ["## Goals", "", *goals(b, counts), ""]
-    out += ["## How to run", "", "```sh", "/tmp/venvtest/bin/python bench/provision.py --quick",
-            "/tmp/venvtest/bin/python bench/provision.py", "```", "",
+    out += ["## How to run", "", "```sh", ".venv/bin/python bench/provision.py --quick",
+            ".venv/bin/python bench/provision.py", "```", "",
             f"Raw samples: `docs/bench/{args.report}.json`. Tool logs: "
             f"`{b.logs}` (not kept).", ""]
     return "\n".join(out)
@@ -469,6 +477,8 @@ def main() -> None:
     p.add_argument("--breakdown", action="store_true",
                    help="only time each round trip of one fresh fab deploy (and the hand-run "
                         "commands) and write docs/bench/provision-breakdown.md")
+    p.add_argument("--others-up-to", type=int, default=0,
+                   help="run Ansible and pyinfra only up to this many hosts (default: always)")
     p.add_argument("--report", default="provision",
                    help="name of the report files in docs/bench (default provision)")
     args = p.parse_args()
@@ -482,7 +492,7 @@ def main() -> None:
             text = breakdown(lab, work)
         info = bl.machine_info()
         out = "\n".join(["# Fresh converge breakdown", "", bl.md_kv(info), "", text,
-                          "Run: `/tmp/venvtest/bin/python bench/provision.py --breakdown`.", ""])
+                          "Run: `.venv/bin/python bench/provision.py --breakdown`.", ""])
         (bl.DOCS / "provision-breakdown.md").write_text(out)
         print(out)
         return
@@ -493,7 +503,7 @@ def main() -> None:
     work = bl.WORK / "provision"
     work.mkdir(parents=True, exist_ok=True)
     with bl.lab_session() as lab:
-        b = Bench(lab, bins, work)
+        b = Bench(lab, bins, work, args.others_up_to)
         try:
             for n in counts:
                 if n >= 20:

@@ -6,7 +6,7 @@ uWSGI unix socket exactly as ``fab bootstrap`` + ``fab deploy`` set it up; (d) g
 from the controller with wrk, only to the lab host's address. Writes docs/bench/serving.md
 and PNGs.
 
-    /tmp/venvtest/bin/python bench/serving.py [--quick]
+    .venv/bin/python bench/serving.py [--quick]
 """
 
 from __future__ import annotations
@@ -346,7 +346,7 @@ def report(res: dict[str, Any], info: dict[str, str], concs: list[int], seconds:
         "uWSGI journal over the whole benchmark: " + ", ".join(
             f"{k} {v}" for k, v in res.get("uwsgi_events", {}).items()) + ".", "",
         "## Goals", "", *goals, "",
-        f"Run: `/tmp/venvtest/bin/python bench/serving.py [--quick]`. Raw: `docs/bench/{name}.json`.",
+        f"Run: `.venv/bin/python bench/serving.py [--quick]`. Raw: `docs/bench/{name}.json`.",
         "",
     ])
 
