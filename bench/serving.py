@@ -49,7 +49,7 @@ systemd-run --unit=bench-dev $COMMON $V/bin/python -c \
   "from hello import create_app; create_app().run(host='0.0.0.0', port=5000, threaded=True)"
 systemd-run --unit=bench-uwsgi-http $COMMON $V/bin/uwsgi --http 0.0.0.0:9090 --master \
   --module 'hello:create_app()' --processes @P@ --threads @T@ --enable-threads --need-app \
-  --lazy-apps --single-interpreter --auto-procname --die-on-term \
+  --lazy-apps --single-interpreter --auto-procname --die-on-term --disable-logging \
   --http-keepalive=1
 python3 -m venv /srv/bench-gunicorn
 /srv/bench-gunicorn/bin/pip install -q --disable-pip-version-check -r $APP/requirements.txt @GUNICORN@

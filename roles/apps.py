@@ -54,6 +54,9 @@ APP_DEFAULTS: dict[str, Any] = {
     # Seconds before uWSGI kills a stuck request; nginx waits a bit longer.
     "harakiri": 30,
     "max_requests": 5000,
+    # uWSGI logs a request only if it answers 5xx or takes longer than this (ms);
+    # nginx's access log has them all.
+    "log_slow_ms": 1000,
     "buffer_size": 32768,
     # Environment for the app, written to shared/env (mode 0640, root:<app>).
     "env": {},

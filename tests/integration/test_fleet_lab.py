@@ -203,9 +203,9 @@ def test_logs_follow_ends_cleanly_on_ctrl_c(fleet: Fleet, tmp_path: Path) -> Non
         seen: set[str] = set()
         deadline = time.monotonic() + 30
         while seen != {s.name for s in fleet.apps} and time.monotonic() < deadline:
-            _get(f"http://{fleet.lb.address}/version")
-            time.sleep(0.2)
-            seen = {ln.split()[0] for ln in out.read_text().splitlines() if "GET /version" in ln}
+            # uWSGI logs only slow (over log_slow_ms) and failing requests.
+            _get(f"http://{fleet.lb.address}/io?seconds=1.1")
+            seen = {ln.split()[0] for ln in out.read_text().splitlines() if "GET /io" in ln}
         assert seen == {s.name for s in fleet.apps}, out.read_text()[-2000:]
         proc.send_signal(signal.SIGINT)
         rc = proc.wait(timeout=20)

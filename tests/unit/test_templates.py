@@ -54,6 +54,7 @@ def base_app() -> dict:
         "cheaper_step": 1,
         "harakiri": 30,
         "max_requests": 5000,
+        "log_slow_ms": 1000,
         "buffer_size": 32768,
         "server_name": "hello.example.test",
         "listen": 80,
@@ -194,6 +195,8 @@ def test_uwsgi_ini_directives(app):
         "die-on-term",
         "enable-threads",
         "memory-report",
+        "disable-logging",
+        "log-5xx",
     ]:
         assert opts.get(flag) == "true", flag
     assert opts["processes"] == "4"
@@ -207,6 +210,7 @@ def test_uwsgi_ini_directives(app):
     assert opts["chown-socket"] == "hello:www-data"
     assert opts["stats"] == "/run/hello/stats.sock"
     assert opts["harakiri"] == "30"
+    assert opts["log-slow"] == "1000"
     assert opts["worker-reload-mercy"] == "30"
     assert opts["max-requests"] == "5000"
     assert opts["buffer-size"] == "32768"
