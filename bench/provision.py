@@ -20,6 +20,7 @@ import json
 import re
 import shlex
 import socket
+import subprocess
 import sys
 import tarfile
 import time
@@ -497,6 +498,11 @@ def main() -> None:
         print(out)
         return
     bins = {"ansible": bl.ensure_venv("ansible"), "pyinfra": bl.ensure_venv("pyinfra")}
+    # keel's own bytecode, as a user's first run leaves it (pip already compiled the
+    # tools' and the libraries'); PYTHONDONTWRITEBYTECODE would otherwise make every
+    # timed run compile keel again.
+    subprocess.run([sys.executable, "-m", "compileall", "-q", "keel", "roles", "fabfile.py"],
+                   cwd=bl.ROOT, check=True)
     bl.ensure_venv("plot")
     info = bl.machine_info()
     versions = bl.tool_versions(bins)

@@ -44,23 +44,31 @@ OPTION_HELP = {
 
 def select_hosts(c: Any, inventory: str | None, limit: str | None) -> list[HostSpec]:
     """Hosts from ``-H`` (Fabric's ad-hoc hosts) or from the inventory and ``--limit``."""
+    return select_fleet(c, inventory, limit)[1]
+
+
+def select_fleet(c: Any, inventory: str | None,
+                 limit: str | None) -> tuple[list[HostSpec], list[HostSpec]]:
+    """Every host of the inventory and those ``--limit`` selects, reading it once."""
     try:
         if getattr(c, "host", None):  # `fab -H user@host:port task`
             adhoc = f"{c.user}@{c.host}:{c.port}" if c.user else f"{c.host}:{c.port}"
             keys = c.connect_kwargs.get("key_filename") or []  # Fabric's -i
             keys = [keys] if isinstance(keys, str) else keys
-            return [replace(h, key_file=h.key_file or (keys[0] if keys else None))
-                    for h in Inventory.from_hosts([adhoc]).hosts(limit)]
+            fleet = [replace(h, key_file=h.key_file or (keys[0] if keys else None))
+                     for h in Inventory.from_hosts([adhoc]).hosts(None)]
+            return fleet, fleet
         path = Path(inventory) if inventory else DEFAULT_INVENTORY
         if not inventory and not path.exists():
             raise Exit(f"no inventory: {path} does not exist (run 'fab lab.up' or pass "
                        "--inventory)", code=2)
-        hosts = Inventory.load(path).hosts(limit)
+        loaded = Inventory.load(path)
+        fleet, hosts = loaded.hosts(None), loaded.hosts(limit)
     except KeelError as exc:
         raise Exit(str(exc), code=2) from None
     if not hosts:
         raise Exit(f"no hosts match {limit!r}", code=2)
-    return hosts
+    return fleet, hosts
 
 
 def options(

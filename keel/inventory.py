@@ -626,9 +626,19 @@ def _construct_vault(loader: _LineLoader, node: yaml.Node) -> Any:
     )
 
 
-_LineLoader.add_constructor("tag:yaml.org,2002:map", _construct_map)
-_LineLoader.add_constructor("!unsafe", _construct_unsafe)
-_LineLoader.add_constructor("!vault", _construct_vault)
+class _FastLineLoader(getattr(yaml, "CSafeLoader", _LineLoader)):  # type: ignore[misc]
+    """The same on libyaml's parser (in PyYAML's wheels): several times faster. Its
+    error messages differ, so a file it rejects is parsed again by _LineLoader."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.key_lines: dict[int, dict[Any, int]] = {}
+
+
+for _loader in (_LineLoader, _FastLineLoader):
+    _loader.add_constructor("tag:yaml.org,2002:map", _construct_map)
+    _loader.add_constructor("!unsafe", _construct_unsafe)
+    _loader.add_constructor("!vault", _construct_vault)
 
 
 class _Where:
@@ -659,6 +669,13 @@ def _read_text(path: Path) -> str:
 
 
 def _load_yaml(path: Path, text: str) -> tuple[Any, _Where]:
+    fast = _FastLineLoader(text)
+    try:
+        return fast.get_single_data(), _Where(path, fast.key_lines)
+    except yaml.YAMLError:
+        pass  # parsed again below, for the usual message
+    finally:
+        fast.dispose()
     loader = _LineLoader(text)
     try:
         data = loader.get_single_data()
