@@ -2,8 +2,9 @@
 
 The lock is a ``flock`` on ``/var/lib/keel/run.lock``, kept by a small process
 that exits when the agent does (``tail --pid``): a run killed at any point, or
-whose connection drops, releases the lock within a second, and the note it
-left behind is reported by the next run as a stale lock.
+whose connection drops, releases the lock as soon as the command it was running
+ends (the agent lets it finish rather than cut apt or a reload in half), and
+the note it left behind is reported by the next run as a stale lock.
 
 Example::
 

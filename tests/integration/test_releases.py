@@ -22,6 +22,7 @@ import pytest
 
 from keel.connection import Connection
 from keel.inventory import HostSpec
+from keel.lock import LOCK
 from keel.ops.files import tree_digest
 from roles.uwsgi import READ_STATS
 from tests.conftest import ROOT, TestLab, fab
@@ -234,6 +235,17 @@ def test_concurrent_deploy_fails_clearly(test_lab: TestLab, deployed: HostSpec,
 KILL_POINTS = [0.8, 2.0, 3.5]
 
 
+def _wait_until_unlocked(spec: HostSpec, timeout: float = 120) -> None:
+    conn = Connection.open(spec, user="deploy")
+    try:
+        deadline = time.monotonic() + timeout
+        while not conn.run(f"flock -n {LOCK} true").ok:
+            assert time.monotonic() < deadline, "the killed run's lock was never freed"
+            time.sleep(0.3)
+    finally:
+        conn.close()
+
+
 @pytest.mark.parametrize("delay", KILL_POINTS)
 def test_killed_deploy_leaves_a_serving_host_and_converges(
         test_lab: TestLab, deployed: HostSpec, variant: Variant, delay: float) -> None:
@@ -246,7 +258,9 @@ def test_killed_deploy_leaves_a_serving_host_and_converges(
     time.sleep(delay)
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=30)
-    time.sleep(1.5)  # the host notices the dropped connection; the lock frees itself
+    # The agent finishes the command it was running (a chain reload takes seconds),
+    # then notices the dropped connection and exits: the lock frees itself.
+    _wait_until_unlocked(deployed)
     code, release = _version(deployed)
     assert code == 200 and release in (old[1], new), (code, release)
     again = _deploy(test_lab, variant)
