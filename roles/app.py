@@ -3,7 +3,8 @@
 A release is the app's source tree, uploaded once to
 ``/srv/<app>/releases/<release>/`` (the release id is a digest of the tree);
 ``pre_start`` commands run inside it, as the app user, before ``current``
-switches to it.
+switches to it, and then a canary (``roles/uwsgi.py``) starts the new unit,
+ini and env file from it and asks for its health.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 from keel.host import Host
 from keel.operation import q
 from keel.ops import files, server
-from roles import apps
+from roles import apps, uwsgi
 
 DEFAULTS: dict[str, Any] = {}
 
@@ -65,8 +66,11 @@ def apply(host: Host) -> None:
               f"import {app['module']} in release {app['release']}")
         for cmd in app["pre_start"]:
             _once(host, app, candidate, f"pre-start-{_key(cmd, env)}", cmd, cmd)
-        _once(host, app, candidate, f"canary-ok-{_key(code, env)}", _canary(app),
-              f"canary /healthz of release {app['release']}")
+        # The new unit, ini and settings, started for real beside the live service.
+        script, tested = uwsgi.canary(host, app, candidate)
+        marker = f"{rel}/.keel-canary-ok-{_key(code, env, tested)}"
+        server.command(host, f"{script}\ntouch {q(marker)}", creates=marker,
+                       name=f"{app['name']}: canary of release {app['release']}")
         # systemd reads the environment only when it starts the service.
         files.file(host, app["env_file"], env, owner="root", group=group, mode="0640",
                    secret=True, notify=f"restart {app['name']}", op_name="template")
@@ -81,33 +85,3 @@ def _once(host: Host, app: dict[str, Any], env_file: str, marker: str, cmd: str,
     path = f"{app['release_dir']}/.keel-{marker}"
     server.command(host, _as_app_user(app, cmd, env_file) + f" && touch {q(path)}", creates=path,
                    chdir=app["release_dir"], name=f"{app['name']}: {label}")
-
-
-def _canary(app: dict[str, Any]) -> str:
-    """Serve the new release from a throwaway uWSGI on a private socket and ask /healthz.
-
-    A release that cannot answer never becomes current, so it never takes traffic.
-    """
-    return (
-        'd=$(mktemp -d); s="$d/canary.sock"; '
-        # One process and no master: the pid below is the whole canary, and a
-        # signal ends it at any point of its start-up (a master that gets SIGINT
-        # while it is still spawning its worker can miss it and live on).
-        f"uwsgi --need-app --strict --processes 1 --die-on-term --disable-logging "
-        f"--http-socket \"$s\" --chdir {q(app['release_dir'])} "
-        f"--virtualenv {q(app['release_dir'] + '/.venv')} --module {q(app['module'])} "
-        f">\"$d/log\" 2>&1 & pid=$!; "
-        "code=000; for i in $(seq 1 150); do "
-        'code=$(curl -s -o "$d/body" -w "%{http_code}" --max-time 5 --unix-socket "$s" '
-        "http://localhost/healthz 2>/dev/null); "
-        '[ "$code" = 200 ] && break; kill -0 $pid 2>/dev/null || break; sleep 0.2; done; '
-        # TERM, and a watchdog KILLs it if it is still there after 5 s: the deploy
-        # never hangs here. (The watchdog writes nowhere, so nothing waits for it.)
-        'kill -TERM $pid 2>/dev/null; (sleep 5; kill -KILL $pid) >/dev/null 2>&1 & w=$!; '
-        'wait $pid 2>/dev/null; kill $w 2>/dev/null; '
-        'if [ "$code" != 200 ]; then '
-        # The answer's body says why; with no answer, uWSGI's last log line does.
-        'if [ "$code" = 000 ]; then why=$(grep . "$d/log" | tail -n 1); '
-        'else why=$(head -c 300 "$d/body" | tr "\\n" " "); fi; '
-        'echo "canary /healthz answered $code: $why" >&2; rm -rf "$d"; exit 1; fi; rm -rf "$d"'
-    )

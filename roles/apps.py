@@ -17,6 +17,7 @@ Layout on the host for an app called ``hello``::
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,12 @@ APP_DEFAULTS: dict[str, Any] = {
     "env": {},
     # Commands run in the new release, as the app user, before it takes traffic.
     "pre_start": [],
+    # More uWSGI options for the ini ({"option": value}; a list value repeats the
+    # option), and more [Service] directives for the unit ({"MemoryHigh": "400M"}).
+    # Both are tested by the canary before the live service gets them: an option
+    # uWSGI rejects or a directive the service cannot start with fails the deploy.
+    "uwsgi_options": {},
+    "systemd_options": {},
     # TLS: local paths (on the controller; relative: from the project dir) of the
     # PEM certificate chain and its key. With both, nginx serves the app on
     # tls_listen (TLSv1.2+1.3, Mozilla "intermediate") and redirects HTTP to HTTPS.
@@ -122,11 +129,10 @@ def _resolve_one(host: Host, entry: dict[str, Any], first: bool) -> dict[str, An
     if not req_file.is_file():
         raise HostError(host.name, f"app {name}: requirements file {req_file} does not exist")
     requirements = req_file.read_text().rstrip("\n") + f"\nuwsgi=={app['uwsgi_version']}\n"
-    release = tree_digest(source)[:12]
-    venv_key = hashlib.sha256(
-        (requirements + host.facts.python_version).encode()
-    ).hexdigest()[:12]
+    venv_key = venv_id(requirements, host.facts.python_version)
+    release = release_id(tree_digest(source), venv_key)
     _resolve_tls(host, app, project)
+    _check_options(host, app)
     static_dir = app["static_dir"]
     if static_dir and not static_dir.startswith("/"):
         static_dir = f"{root}/current/{static_dir}" if (source / static_dir).is_dir() else ""
@@ -151,6 +157,40 @@ def _resolve_one(host: Host, entry: dict[str, Any], first: bool) -> dict[str, An
         default_server=app.get("default_server", first),
     )
     return app
+
+
+def venv_id(requirements: str, python_version: str) -> str:
+    """A venv is what was installed into it, by which interpreter."""
+    return hashlib.sha256((requirements + python_version).encode()).hexdigest()[:12]
+
+
+def release_id(tree: str, venv: str) -> str:
+    """A release is its code and the venv it runs in: a change to either is a new release,
+    so a live release never has its venv swapped under it, and a rollback gets both back.
+
+    >>> release_id("0" * 64, "1a2b3c4d5e6f")
+    '0c2833b4393a'
+    """
+    return hashlib.sha256(f"{tree} {venv}".encode()).hexdigest()[:12]
+
+
+_OPTION_NAMES = {"uwsgi_options": re.compile(r"[a-z][a-z0-9-]*\Z"),
+                 "systemd_options": re.compile(r"[A-Z][A-Za-z0-9]*\Z")}
+
+
+def _check_options(host: Host, app: dict[str, Any]) -> None:
+    """Extra ini options and unit directives: plain names, one-line values."""
+    for setting, pattern in _OPTION_NAMES.items():
+        options = app[setting]
+        if not isinstance(options, dict):
+            raise HostError(host.name, f"app {app['name']}: {setting} must be a mapping, "
+                                       f"not {options!r}")
+        for key, value in options.items():
+            values = value if isinstance(value, list) else [value]
+            if not (isinstance(key, str) and pattern.match(key)) or any(
+                    "\n" in str(v) or isinstance(v, (dict, list)) for v in values):
+                raise HostError(host.name, f"app {app['name']}: {setting}: {key!r}: "
+                                           "not an option name with one-line values")
 
 
 def _resolve_tls(host: Host, app: dict[str, Any], project: Path) -> None:

@@ -81,22 +81,32 @@ def _log(app: dict[str, Any], event: str, release: str) -> str:
     return f"echo {q(f'{stamp} {event} {release}')} >> {q(app['root'] + '/releases.log')}"
 
 
-def _running(host: Host, app: dict[str, Any]) -> bool:
-    return host.run(f"[ -p {q(_fifo(app))} ] && systemctl is-active -q {q(app['unit'])}").ok
-
-
 def _fifo(app: dict[str, Any]) -> str:
     return app["socket"].rsplit("/", 1)[0] + "/master.fifo"
 
 
 def chain_reload(host: Host, app: dict[str, Any]) -> None:
-    """Reload workers one at a time onto the release ``current`` points to."""
-    if host.check or not _running(host, app):
+    """Bring uWSGI onto the release ``current`` points to, without dropping a request.
+
+    Usually a chain reload: workers are replaced one at a time, each new one
+    importing the new code. When the master itself must change (its uWSGI
+    binary is not the one in the release's venv: a new venv, uWSGI version or
+    interpreter), the service is restarted instead; systemd holds the socket,
+    so requests wait in its queue while the new master starts, and the old
+    one finishes those in flight first. Nothing is done when the service is
+    not running, or when a restart is already due (a changed env file).
+    """
+    if host.check or f"restart {app['name']}" in host.notified:
         return
-    server.command(
-        host, f"python3 -c {q(CHAIN_RELOAD)} {q(_fifo(app))} {q(app['stats_socket'])} "
-              f"{int(host.vars['reload_timeout'])}",
-        name=f"{app['name']}: chain reload")
+    unit, venv = q(app["unit"]), q(app["code_dir"] + "/.venv")
+    server.command(host, f"""
+[ -p {q(_fifo(app))} ] && systemctl is-active -q {unit} || exit 0
+pid=$(systemctl show -p MainPID --value {unit})
+if [ "$(readlink /proc/$pid/exe)" != "$(readlink -f {venv})/bin/uwsgi" ]; then
+  systemctl restart {unit}; exit 0
+fi
+python3 -c {q(CHAIN_RELOAD)} {q(_fifo(app))} {q(app['stats_socket'])} {int(host.vars['reload_timeout'])}
+""", name=f"{app['name']}: chain reload (or restart for a new uWSGI)")
 
 
 def switch(host: Host, app: dict[str, Any], release: str) -> str | None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import os
+import platform
 import tempfile
 import time
 
@@ -38,6 +39,23 @@ def index():
 def version():
     s = _settings()
     return jsonify(name=s.name, release=s.release)
+
+
+@bp.get("/runtime")
+def runtime():
+    """What this worker runs: Python, uWSGI, and the names of its ``APP_*`` settings.
+
+    Names only, never values: a deploy can check that a setting it added or
+    removed is in effect without the app ever showing a secret.
+    """
+    try:
+        import uwsgi  # only importable inside uWSGI
+
+        server = uwsgi.version.decode()
+    except ImportError:
+        server = None
+    return jsonify(python=platform.python_version(), uwsgi=server, pid=os.getpid(),
+                   settings=sorted(k for k in os.environ if k.startswith("APP_")))
 
 
 @bp.get("/healthz")

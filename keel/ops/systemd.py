@@ -58,9 +58,12 @@ def service(name: str, enabled: bool | None = True, running: bool | None = True)
 
 
 @operation
-def restart(name: str) -> OpGenerator:
-    """Restart ``name`` now (for handlers). Always a change."""
-    return Change([f"systemctl restart {q(name)}"], "restarted")
+def restart(name: str, *more: str) -> OpGenerator:
+    """Restart ``name`` (and ``more`` units, in one job) now, for handlers. Always a change.
+
+    Example: ``restart(host, "hello.socket", "hello.service")``
+    """
+    return Change([f"systemctl restart {' '.join(q(n) for n in (name, *more))}"], "restarted")
     yield  # pragma: no cover - makes this a generator
 
 

@@ -114,7 +114,7 @@ def test_second_deploy_changes_nothing_and_drains_nothing(fleet: Fleet) -> None:
 
 
 def test_rolling_deploy_under_load_drops_nothing(fleet: Fleet, tmp_path: Path) -> None:
-    variant = Variant(tmp_path)
+    variant = Variant(tmp_path, _on(fleet.apps[0], "python3 -V").split()[1])
     release = variant.change()
     with Load(f"http://{fleet.lb.address}/version", connections=4, max_seconds=240,
               max_requests=400_000, headers=("Connection: close",)) as load:

@@ -24,6 +24,7 @@ from keel.connection import Connection
 from keel.inventory import HostSpec
 from keel.lock import LOCK
 from keel.ops.files import tree_digest
+from roles import apps
 from roles.uwsgi import READ_STATS
 from tests.conftest import ROOT, TestLab, fab
 from tests.load import Load
@@ -40,9 +41,11 @@ def _version(spec: HostSpec) -> tuple[int, str]:
 class Variant:
     """A copy of the example app that tests change and deploy."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, python_version: str) -> None:
         self.dir = tmp / "app"
         shutil.copytree(ROOT / "app", self.dir, ignore=shutil.ignore_patterns("__pycache__"))
+        self.python_version = python_version
+        self.uwsgi_version = apps.APP_DEFAULTS["uwsgi_version"]
         self.n = 0
 
     def change(self) -> str:
@@ -54,7 +57,11 @@ class Variant:
 
     @property
     def release(self) -> str:
-        return tree_digest(self.dir)[:12]
+        """The release id keel gives this code with its requirements (roles/apps.py)."""
+        requirements = ((self.dir / "requirements.txt").read_text().rstrip("\n")
+                        + f"\nuwsgi=={self.uwsgi_version}\n")
+        return apps.release_id(tree_digest(self.dir),
+                               apps.venv_id(requirements, self.python_version))
 
     def extra(self, **overrides: object) -> str:
         app = {"name": "hello", "source": str(self.dir), "module": "hello:create_app()",
@@ -63,9 +70,19 @@ class Variant:
         return json.dumps({"apps": [app]})
 
 
+@pytest.fixture(scope="session")
+def host_python(deployed: HostSpec) -> str:
+    conn = Connection.open(deployed, user="deploy")
+    try:
+        return conn.run("python3 -V").out.split()[1]
+    finally:
+        conn.close()
+
+
 @pytest.fixture
-def variant(tmp_path: Path, test_lab: TestLab, deployed: HostSpec) -> Iterator[Variant]:
-    yield Variant(tmp_path)
+def variant(tmp_path: Path, test_lab: TestLab, deployed: HostSpec,
+            host_python: str) -> Iterator[Variant]:
+    yield Variant(tmp_path, host_python)
     # Back to the example app from the repo, healthy.
     fab("deploy", "--limit", "lab1", inventory=test_lab.inventory_path, check=True)
 

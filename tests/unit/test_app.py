@@ -278,3 +278,12 @@ def test_flask_migrate_command_without_state_dir():
     result = create_app({}).test_cli_runner().invoke(args=["migrate"])
     assert result.exit_code != 0
     assert "APP_STATE_DIR" in result.output
+
+
+def test_runtime_names_settings_but_never_values(client, monkeypatch):
+    monkeypatch.setenv("APP_SOME_TOKEN", "very-secret-value")
+    body = client.get("/runtime").get_json()
+    assert "APP_SOME_TOKEN" in body["settings"]
+    assert "very-secret-value" not in str(body)
+    assert body["uwsgi"] is None  # not under uWSGI here
+    assert body["python"].count(".") == 2

@@ -21,7 +21,8 @@ import jinja2
 import pytest
 
 TEMPLATES_DIR = Path(__file__).resolve().parents[2] / "templates"
-TEMPLATES = ["uwsgi.ini.j2", "uwsgi.service.j2", "nginx-site.conf.j2", "app.env.j2"]
+TEMPLATES = ["uwsgi.ini.j2", "uwsgi.service.j2", "uwsgi.socket.j2", "nginx-site.conf.j2",
+             "app.env.j2"]
 MANAGED = "Managed by the provisioning toolkit"
 MAX_EXPOSURE = 2.5
 
@@ -63,6 +64,8 @@ def base_app() -> dict:
         "static_url": "/static/",
         "static_dir": "/srv/hello/current/static",
         "release": "20250101-abc123",
+        "uwsgi_options": {},
+        "systemd_options": {},
     }
 
 
@@ -191,7 +194,6 @@ def test_uwsgi_ini_directives(app):
         "need-app",
         "lazy-apps",
         "single-interpreter",
-        "vacuum",
         "die-on-term",
         "enable-threads",
         "memory-report",
@@ -205,9 +207,11 @@ def test_uwsgi_ini_directives(app):
     assert "thunder-lock" not in opts
     assert opts["uid"] == "hello"
     assert opts["gid"] == "hello"
+    # The socket is systemd's (uwsgi.socket.j2): uWSGI must neither re-own nor remove it.
     assert opts["socket"] == "/run/hello/uwsgi.sock"
-    assert opts["chmod-socket"] == "660"
-    assert opts["chown-socket"] == "hello:www-data"
+    assert opts["vacuum"] == "false"
+    assert "chmod-socket" not in opts and "chown-socket" not in opts
+    assert "http-socket" not in opts
     assert opts["stats"] == "/run/hello/stats.sock"
     assert opts["harakiri"] == "30"
     assert opts["log-slow"] == "1000"
@@ -392,7 +396,8 @@ def test_unit_verifies(app, tmp_path):
     app["code_dir"] = str(tmp_path / "current")
     unit = tmp_path / "hello.service"
     unit.write_text(render("uwsgi.service.j2", app))
-    done = analyze("verify", "--man=no", str(unit))
+    (tmp_path / "hello.socket").write_text(render("uwsgi.socket.j2", app))
+    done = analyze("verify", "--man=no", str(unit), str(tmp_path / "hello.socket"))
     about_unit = [
         line for line in (done.stdout + done.stderr).splitlines() if "hello.service" in line
     ]
@@ -540,3 +545,52 @@ def test_env_file_read_by_systemds_own_parser(app, tmp_path):
             value = re.sub(r'\\(["\\`$])', r"\1", value[1:-1])
         seen[key] = value
     assert {key: seen.get(key) for key in values} == values
+
+
+# uwsgi.socket.j2 and the canary
+
+
+def test_socket_unit_is_the_ini_socket(app):
+    sections = unit_sections(render("uwsgi.socket.j2", app))
+    sock = dict(sections["Socket"])
+    opts = dict(ini_pairs(render("uwsgi.ini.j2", app)))
+    assert sock["ListenStream"] == opts["socket"] == app["socket"]
+    assert (sock["SocketUser"], sock["SocketGroup"], sock["SocketMode"]) == (
+        "hello", "www-data", "0660")
+    assert sock["Backlog"] == opts["listen"]
+    assert dict(sections["Install"])["WantedBy"] == "sockets.target"
+
+
+def test_unit_requires_its_socket(app):
+    pairs = unit_sections(render("uwsgi.service.j2", app))["Unit"]
+    assert ("Requires", "hello.socket") in pairs
+    assert ("After", "hello.socket") in pairs
+
+
+def test_canary_renders_its_own_instance(app):
+    from roles.uwsgi import canary_app
+
+    app["release_dir"] = "/srv/hello/releases/abc"
+    c = canary_app(app, "/srv/hello/shared/env.candidate")
+    opts = dict(ini_pairs(render("uwsgi.ini.j2", c)))
+    assert opts["http-socket"] == "/run/hello-canary/http.sock"
+    assert "socket" not in opts  # never the live socket
+    assert opts["stats"] == "/run/hello-canary/stats.sock"
+    assert opts["master-fifo"] == "/run/hello-canary/master.fifo"
+    assert opts["virtualenv"] == "/srv/hello/releases/abc/.venv"
+    assert opts["processes"] == "1"
+    sections = unit_sections(render("uwsgi.service.j2", c))
+    assert "Requires" not in dict(sections["Unit"])
+    service = dict(sections["Service"])
+    assert service["EnvironmentFile"] == "/srv/hello/shared/env.candidate"
+    assert service["ExecStart"] == (
+        "/srv/hello/releases/abc/.venv/bin/uwsgi --ini /run/uwsgi-apps/hello-canary.ini")
+
+
+def test_extra_options_reach_ini_and_unit(app):
+    app["uwsgi_options"] = {"reload-on-rss": 300, "env": ["A=1", "B=2"]}
+    app["systemd_options"] = {"MemoryHigh": "400M"}
+    pairs = ini_pairs(render("uwsgi.ini.j2", app))
+    assert ("reload-on-rss", "300") in pairs
+    assert ("env", "A=1") in pairs and ("env", "B=2") in pairs
+    assert ("MemoryHigh", "400M") in unit_sections(render("uwsgi.service.j2", app))["Service"]
