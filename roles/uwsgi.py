@@ -150,11 +150,15 @@ echo {b64(unit)} | base64 -d > {q(unit_path)}
 systemctl daemon-reload
 since=$(date +%s)
 systemctl start "$u" 2>/dev/null || fail "its service did not start"
-code=000
+# Until it answers 200; an answer other than 200 ten times in a row is its verdict.
+code=000; same=0
 for i in $(seq 1 150); do
+  last=$code
   code=$(curl -s -o "$t/body" -w '%{{http_code}}' --max-time 5 -H {q('Host: ' + name)} \
     --unix-socket {q(run_dir + '/http.sock')} {q('http://localhost' + path)} 2>/dev/null)
   [ "$code" = 200 ] && break
+  [ "$code" != 000 ] && [ "$code" = "$last" ] && same=$((same + 1)) || same=0
+  [ "$same" -ge 10 ] && break
   systemctl is-active -q "$u" || break
   sleep 0.2
 done

@@ -43,10 +43,11 @@ def version():
 
 @bp.get("/runtime")
 def runtime():
-    """What this worker runs: Python, uWSGI, and the names of its ``APP_*`` settings.
+    """What this worker runs: Python, uWSGI, the names of its ``APP_*`` settings, and
+    the one setting meant to be seen, ``APP_GREETING``.
 
-    Names only, never values: a deploy can check that a setting it added or
-    removed is in effect without the app ever showing a secret.
+    Names only, never other values: a deploy can check that a setting it added
+    or removed is in effect without the app ever showing a secret.
     """
     try:
         import uwsgi  # only importable inside uWSGI
@@ -55,7 +56,8 @@ def runtime():
     except ImportError:
         server = None
     return jsonify(python=platform.python_version(), uwsgi=server, pid=os.getpid(),
-                   settings=sorted(k for k in os.environ if k.startswith("APP_")))
+                   settings=sorted(k for k in os.environ if k.startswith("APP_")),
+                   greeting=os.environ.get("APP_GREETING"))
 
 
 @bp.get("/healthz")

@@ -173,8 +173,10 @@ CASES = [
          H + r"command hello: echo 'migration failed: table locked' >&2; exit 3: "
              r"migration failed: table locked"),
     Case("missing-required-config", deploy_app(env={}),
-         H + r"command hello: canary /healthz of release \w{12}: canary /healthz answered 503: "
+         H + r"command hello: canary of release \w{12}: /healthz answered 503: "
              r".*missing config: APP_SECRET_KEY.*"),
+    Case("uwsgi-option-name-bad", deploy_app(uwsgi_options={"Bad Name": 1}),
+         H + r"app hello: uwsgi_options: 'Bad Name': not an option name with one-line values"),
     Case("nginx-config-invalid", deploy_app(client_max_body_size="10 megabytes"),
          H + r"template /etc/nginx/sites-available/hello: validation failed: .*\[emerg\] "
              r".*\"client_max_body_size\" directive in /etc/nginx/sites-available/hello:\d+"),

@@ -26,7 +26,7 @@ import yaml
 from keel.connection import Connection
 from keel.inventory import HostSpec
 from tests.conftest import ROOT, TestLab, fab
-from tests.integration.test_releases import Variant
+from tests.integration.conftest import Variant
 from tests.load import Load
 
 CONNECTION_VARS = ("ansible_host", "ansible_port", "ansible_user", "ansible_ssh_private_key_file",

@@ -9,93 +9,20 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import shutil
 import signal
 import subprocess
 import sys
 import time
-import uuid
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from keel.connection import Connection
 from keel.inventory import HostSpec
 from keel.lock import LOCK
-from keel.ops.files import tree_digest
-from roles import apps
 from roles.uwsgi import READ_STATS
 from tests.conftest import ROOT, TestLab, fab
+from tests.integration.conftest import Variant, _deploy, _one_line, _version
 from tests.load import Load
-
-
-def _version(spec: HostSpec) -> tuple[int, str]:
-    proc = subprocess.run(["curl", "-s", "--max-time", "5", "-w", "\n%{http_code}",
-                           f"http://{spec.address}/version"], capture_output=True, text=True)
-    body, _, code = proc.stdout.rpartition("\n")
-    release = json.loads(body)["release"] if code == "200" else ""
-    return int(code or 0), release
-
-
-class Variant:
-    """A copy of the example app that tests change and deploy."""
-
-    def __init__(self, tmp: Path, python_version: str) -> None:
-        self.dir = tmp / "app"
-        shutil.copytree(ROOT / "app", self.dir, ignore=shutil.ignore_patterns("__pycache__"))
-        self.python_version = python_version
-        self.uwsgi_version = apps.APP_DEFAULTS["uwsgi_version"]
-        self.n = 0
-
-    def change(self) -> str:
-        """Change the code; return the release id it will deploy as."""
-        self.n += 1
-        with open(self.dir / "hello" / "views.py", "a") as fh:  # unique across tests and runs
-            fh.write(f"\n# change {self.n} {uuid.uuid4().hex}\n")
-        return self.release
-
-    @property
-    def release(self) -> str:
-        """The release id keel gives this code with its requirements (roles/apps.py)."""
-        requirements = ((self.dir / "requirements.txt").read_text().rstrip("\n")
-                        + f"\nuwsgi=={self.uwsgi_version}\n")
-        return apps.release_id(tree_digest(self.dir),
-                               apps.venv_id(requirements, self.python_version))
-
-    def extra(self, **overrides: object) -> str:
-        app = {"name": "hello", "source": str(self.dir), "module": "hello:create_app()",
-               "env": {"APP_SECRET_KEY": "lab-only-secret-change-me"},
-               "pre_start": ["python -m hello.migrate"], **overrides}
-        return json.dumps({"apps": [app]})
-
-
-@pytest.fixture(scope="session")
-def host_python(deployed: HostSpec) -> str:
-    conn = Connection.open(deployed, user="deploy")
-    try:
-        return conn.run("python3 -V").out.split()[1]
-    finally:
-        conn.close()
-
-
-@pytest.fixture
-def variant(tmp_path: Path, test_lab: TestLab, deployed: HostSpec,
-            host_python: str) -> Iterator[Variant]:
-    yield Variant(tmp_path, host_python)
-    # Back to the example app from the repo, healthy.
-    fab("deploy", "--limit", "lab1", inventory=test_lab.inventory_path, check=True)
-
-
-def _deploy(test_lab: TestLab, variant: Variant, **overrides: object):
-    return fab("deploy", "--limit", "lab1", "--extra-vars", variant.extra(**overrides),
-               inventory=test_lab.inventory_path)
-
-
-def _one_line(proc: subprocess.CompletedProcess[str]) -> str:
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("lab1: ")]
-    assert len(lines) == 1, proc.stdout + proc.stderr
-    return lines[0]
 
 
 def test_five_deploys_under_load_drop_nothing(test_lab: TestLab, deployed: HostSpec,
@@ -166,8 +93,9 @@ def test_unhealthy_release_never_takes_traffic(test_lab: TestLab, deployed: Host
         proc = _deploy(test_lab, variant)
     assert proc.returncode != 0
     line = _one_line(proc)
-    assert line.startswith(f"lab1: command hello: canary /healthz of release {variant.release}")
-    assert "canary /healthz answered 503" in line
+    assert line.startswith(
+        f"lab1: command hello: canary of release {variant.release}: /healthz answered 503: ")
+    assert "broken on purpose" in line
     assert _version(deployed) == before
     assert load.result is not None and load.result.errors == 0, load.result
 

@@ -282,7 +282,9 @@ def test_flask_migrate_command_without_state_dir():
 
 def test_runtime_names_settings_but_never_values(client, monkeypatch):
     monkeypatch.setenv("APP_SOME_TOKEN", "very-secret-value")
+    monkeypatch.setenv("APP_GREETING", "bonjour")
     body = client.get("/runtime").get_json()
+    assert body["greeting"] == "bonjour"
     assert "APP_SOME_TOKEN" in body["settings"]
     assert "very-secret-value" not in str(body)
     assert body["uwsgi"] is None  # not under uWSGI here
