@@ -33,6 +33,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -58,6 +59,31 @@ CONTROLLER_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 # ten hosts, and then `journalctl --follow` on a host stops following.
 INOTIFY_INSTANCES = Path("/proc/sys/fs/inotify/max_user_instances")
 MIN_INOTIFY_INSTANCES = 1024
+
+
+# Keeps a host up across guest reboots, as a VM's hypervisor does: systemd-nspawn
+# exits with 133 when the container asks for a reboot, and this boots it again
+# (same overlay, address and host key). Any other exit (a poweroff, a crash) ends
+# it. SIGTERM/SIGINT/SIGHUP go to nspawn (a clean poweroff) and stop the loop.
+SUPERVISOR = r"""
+import signal, subprocess, sys
+child, stopping = None, False
+def stop(sig, frame):
+    global stopping
+    stopping = True
+    if child is not None:
+        child.send_signal(sig)
+for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    signal.signal(s, stop)
+rc = 0
+while not stopping:
+    child = subprocess.Popen(sys.argv[1:])
+    rc = child.wait()
+    if rc != 133:
+        break
+sys.exit(rc)
+"""
+REBOOT_STATUS = 133
 
 
 class LabError(Exception):
@@ -401,7 +427,8 @@ table ip {self.nft_table} {{
             "--console=read-only", f"--bind={cache / 'pip'}:/var/cache/lab-pip",
         ]
         proc = subprocess.Popen(
-            cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            [sys.executable, "-c", SUPERVISOR, *cmd],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True,
             preexec_fn=None if _host_has_systemd() else lambda: _enter_cgroup(machine),
         )
@@ -692,13 +719,19 @@ def _systemd_state(host: LabHost) -> str:
     return proc.stdout.strip() or "unknown"
 
 
-def _container_init(nspawn_pid: int) -> str:
-    children = Path(f"/proc/{nspawn_pid}/task/{nspawn_pid}/children")
+def _children(pid: int | str) -> list[str]:
     with contextlib.suppress(OSError):
-        kids = children.read_text().split()
+        return Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return []
+
+
+def _container_init(supervisor_pid: int) -> str:
+    """The container's PID 1: the child of nspawn, itself the supervisor's child."""
+    for nspawn in _children(supervisor_pid):
+        kids = _children(nspawn)
         if kids:
             return kids[0]
-    return str(nspawn_pid)
+    return str(supervisor_pid)
 
 
 def _format_seconds(s: float) -> str:

@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -85,6 +86,59 @@ def test_up_keeps_running_hosts_and_status_lists_them(two_hosts) -> None:
     assert after == before
     rows = lab.status()
     assert [(r["name"], r["state"]) for r in rows] == [("lab1", "running"), ("lab2", "running")]
+
+
+def _wait_rebooted(spec, marker: str, timeout: float = 180) -> Connection:
+    """Wait until ``spec`` answers SSH again without ``marker`` (a file in its /run)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            conn = Connection.open(spec)
+        except Exception:  # down, or sshd not up yet
+            time.sleep(0.5)
+            continue
+        if conn.run(f"test -e {marker}").rc != 0:
+            return conn
+        conn.close()
+        time.sleep(0.5)
+    pytest.fail(f"{spec.name} did not come back from its reboot in {timeout:.0f} s")
+
+
+def test_guest_reboot_comes_back_like_a_vm(two_hosts) -> None:
+    """`systemctl reboot` inside a host: it boots again, same address, disk and host key."""
+    lab, hosts = two_hosts
+    spec = hosts[1]
+    record = {h.name: h for h in lab.hosts()}[spec.name]
+    conn = Connection.open(spec)
+    key = conn.run("cat /etc/ssh/ssh_host_ed25519_key.pub").out
+    conn.run("echo kept > /var/tmp/keel-disk-check; touch /run/keel-before-reboot; "
+             "systemd-run --on-active=1 systemctl reboot")
+    conn.close()
+    conn = _wait_rebooted(spec, "/run/keel-before-reboot")
+    try:
+        assert conn.run("cat /var/tmp/keel-disk-check").out.strip() == "kept"
+        assert conn.run("cat /etc/ssh/ssh_host_ed25519_key.pub").out == key
+        state = conn.run("systemctl is-system-running --wait").out.strip()
+        assert state == "running", state
+    finally:
+        conn.close()
+    after = {h.name: h for h in lab.hosts()}[spec.name]
+    assert after.pid == record.pid and after.alive  # the same lab host, never re-created
+    assert {r["name"]: r["state"] for r in lab.status()}[spec.name] == "running"
+
+
+def test_guest_poweroff_stays_down(two_hosts) -> None:
+    lab, hosts = two_hosts
+    spec = hosts[1]
+    conn = Connection.open(spec)
+    conn.run("systemd-run --on-active=1 systemctl poweroff")
+    conn.close()
+    record = {h.name: h for h in lab.hosts()}[spec.name]
+    deadline = time.monotonic() + 60
+    while record.alive and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not record.alive, f"{spec.name} kept running after a poweroff"
+    assert {r["name"]: r["state"] for r in lab.status()}[spec.name] == "stopped"
 
 
 def test_down_leaves_nothing_behind() -> None:
