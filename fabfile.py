@@ -13,6 +13,8 @@
 from __future__ import annotations
 
 import json as _json
+import os
+import sys
 
 from fabric import task
 from invoke import Collection, Exit
@@ -119,7 +121,12 @@ def logs(c, inventory=None, limit=None, app="", since="", follow=False, lines=50
         failed = logs_role.show(hosts, only=app, since=since, follow=follow, lines=int(lines),
                                 login=plays.login, sudo_password=cli.options(c).sudo_password)
     except KeyboardInterrupt:
-        return  # every remote journalctl has been ended
+        # Every remote journalctl has been ended and nothing is left to clean up, so
+        # leave at once: tearing down the interpreter (paramiko's threads and
+        # objects, the thread pool) took seconds on a loaded machine after Ctrl-C.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     except KeelError as exc:
         raise Exit(str(exc), code=2) from None
     if failed:
