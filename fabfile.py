@@ -33,52 +33,60 @@ H = cli.OPTION_HELP
 
 @task(help=H)
 def bootstrap(c, inventory=None, limit=None, check=False, parallel=10, serial=0, max_fail=0,
-              stats=False, json=None, diff=False, verbose=False, extra_vars=None):
+              stats=False, json=None, diff=False, verbose=False, extra_vars=None,
+              vault_password_file=None):
     """Harden fresh hosts: packages, deploy user, firewall, sshd, time sync, hostname."""
     cli.run(c, plays.bootstrap_play(), inventory=inventory, limit=limit,
             check=check, parallel=parallel, serial=serial, max_fail=max_fail, stats=stats,
-            json_path=json, diff=diff, verbose=verbose, extra_vars=extra_vars)
+            json_path=json, diff=diff, verbose=verbose, extra_vars=extra_vars,
+            vault_password_file=vault_password_file)
 
 
 @task(help={**H, "serial": "app hosts per batch (default: 1 behind load balancers, else all)"})
 def deploy(c, inventory=None, limit=None, check=False, parallel=10, serial=None, max_fail=0,
-           stats=False, json=None, diff=False, verbose=False, extra_vars=None):
+           stats=False, json=None, diff=False, verbose=False, extra_vars=None,
+           vault_password_file=None):
     """Deploy: the apps (venv, release, uWSGI, nginx) and the lb hosts; rolling behind lbs. Idempotent."""
-    plays.deploy(c, "deploy", inventory, limit, serial, check=check, parallel=parallel,
-            max_fail=max_fail, stats=stats, json_path=json, diff=diff, verbose=verbose,
-            extra_vars=extra_vars)
+    plays.deploy(c, "deploy", inventory, limit, serial, vault_password_file, check=check,
+            parallel=parallel, max_fail=max_fail, stats=stats, json_path=json, diff=diff,
+            verbose=verbose, extra_vars=extra_vars)
 
 
 @task(help={k: v for k, v in H.items() if k not in ("check", "serial", "max_fail", "diff")})
 def plan(c, inventory=None, limit=None, parallel=10, stats=False, json=None, verbose=False,
-         extra_vars=None):
+         extra_vars=None, vault_password_file=None):
     """Show what deploy would change, with diffs (secrets masked). Changes nothing."""
-    plays.deploy(c, "plan", inventory, limit, None, check=True, parallel=parallel, stats=stats,
-            json_path=json, verbose=verbose, extra_vars=extra_vars)
+    plays.deploy(c, "plan", inventory, limit, None, vault_password_file, check=True,
+            parallel=parallel, stats=stats, json_path=json, verbose=verbose, extra_vars=extra_vars)
 
 
 @task(help={"inventory": H["inventory"], "limit": H["limit"], "parallel": H["parallel"],
             "serial": H["serial"], "to": "release id to go back to (default: the previous good one)",
-            "app": "only this app (default: every app)", "json": H["json"]})
-def rollback(c, inventory=None, limit=None, to="", app="", parallel=10, serial=0, json=None):
+            "app": "only this app (default: every app)", "json": H["json"],
+            "vault_password_file": H["vault_password_file"]})
+def rollback(c, inventory=None, limit=None, to="", app="", parallel=10, serial=0, json=None,
+             vault_password_file=None):
     """Switch back to the previous good release (or --to ID), chain-reload, health-check."""
     extra = _json.dumps({"rollback_to": to, "rollback_app": app})
     cli.run(c, plays.rollback_play(), inventory=inventory, limit=limit, only=plays.is_app_host,
             parallel=parallel, serial=serial,
-            json_path=json, extra_vars=extra)
-
-
-@task(help={"inventory": H["inventory"], "limit": H["limit"]})
-def releases(c, inventory=None, limit=None):
-    """List each app's releases on each host, marking the current and previous ones."""
-    cli.run(c, plays.releases_play(), inventory=inventory, limit=limit, only=plays.is_app_host)
+            json_path=json, extra_vars=extra, vault_password_file=vault_password_file)
 
 
 @task(help={"inventory": H["inventory"], "limit": H["limit"],
-            "junit_xml": "also write a JUnit XML report here"})
-def verify(c, inventory=None, limit=None, junit_xml=None):
+            "vault_password_file": H["vault_password_file"]})
+def releases(c, inventory=None, limit=None, vault_password_file=None):
+    """List each app's releases on each host, marking the current and previous ones."""
+    cli.run(c, plays.releases_play(), inventory=inventory, limit=limit, only=plays.is_app_host,
+            vault_password_file=vault_password_file)
+
+
+@task(help={"inventory": H["inventory"], "limit": H["limit"],
+            "junit_xml": "also write a JUnit XML report here",
+            "vault_password_file": H["vault_password_file"]})
+def verify(c, inventory=None, limit=None, junit_xml=None, vault_password_file=None):
     """Check the deployed hosts with the pytest-testinfra suite in tests/verify."""
-    hosts = cli.select_hosts(c, inventory, limit)
+    hosts = cli.select_hosts(c, inventory, limit, vault_password_file)
     rc = verifier.run_suite(hosts, cli.PROJECT_DIR / "tests" / "verify", plays.expectations,
                             user_for=plays.login, junit_xml=junit_xml)
     if rc:
@@ -89,10 +97,12 @@ def verify(c, inventory=None, limit=None, junit_xml=None):
             "watch": "refresh in place until Ctrl-C",
             "interval": "seconds between refreshes with --watch (0.5 to 60, default 2)",
             "count": "with --watch, stop after this many refreshes (default: never)",
-            "json": "print JSON instead of the table (with --watch: one line per refresh)"})
-def status(c, inventory=None, limit=None, app="", watch=False, interval="2", count=0, json=False):
+            "json": "print JSON instead of the table (with --watch: one line per refresh)",
+            "vault_password_file": H["vault_password_file"]})
+def status(c, inventory=None, limit=None, app="", watch=False, interval="2", count=0, json=False,
+           vault_password_file=None):
     """One table of every app on the selected hosts: service, release, uWSGI workers, nginx."""
-    hosts = cli.select_hosts(c, inventory, limit)
+    hosts = cli.select_hosts(c, inventory, limit, vault_password_file)
     try:
         seconds = float(interval)
     except ValueError:
@@ -113,10 +123,12 @@ def status(c, inventory=None, limit=None, app="", watch=False, interval="2", cou
             "app": "only this app's unit (default: every app's, and nginx's)",
             "since": "as journalctl --since: -10min, today, '2026-01-31 12:00'",
             "follow": "keep printing new entries until Ctrl-C",
-            "lines": "entries per host when --since is not given (default 50)"})
-def logs(c, inventory=None, limit=None, app="", since="", follow=False, lines=50):
+            "lines": "entries per host when --since is not given (default 50)",
+            "vault_password_file": H["vault_password_file"]})
+def logs(c, inventory=None, limit=None, app="", since="", follow=False, lines=50,
+         vault_password_file=None):
     """Journald logs of the apps (and nginx) from every selected host, each line prefixed by it."""
-    hosts = cli.select_hosts(c, inventory, limit)
+    hosts = cli.select_hosts(c, inventory, limit, vault_password_file)
     try:
         failed = logs_role.show(hosts, only=app, since=since, follow=follow, lines=int(lines),
                                 login=plays.login, sudo_password=cli.options(c).sudo_password)

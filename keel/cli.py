@@ -22,6 +22,7 @@ from keel.errors import KeelError
 from keel.inventory import HostSpec, Inventory
 from keel.rolling import Stage, run_stages
 from keel.runner import Play, RunOptions, failed, run_play
+from keel.vault import Passwords
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 DEFAULT_INVENTORY = PROJECT_DIR / "inventory" / "lab.yml"
@@ -39,17 +40,24 @@ OPTION_HELP = {
     "diff": "show diffs of changed files",
     "verbose": "show unchanged operations too",
     "extra_vars": "extra variables as JSON, highest precedence",
+    "vault_password_file": "file with the ansible-vault password (or $ANSIBLE_VAULT_PASSWORD_FILE; "
+                           "else asked for when something is encrypted)",
 }
 
 
-def select_hosts(c: Any, inventory: str | None, limit: str | None) -> list[HostSpec]:
+def select_hosts(c: Any, inventory: str | None, limit: str | None,
+                 vault_password_file: str | None = None) -> list[HostSpec]:
     """Hosts from ``-H`` (Fabric's ad-hoc hosts) or from the inventory and ``--limit``."""
-    return select_fleet(c, inventory, limit)[1]
+    return select_fleet(c, inventory, limit, vault_password_file)[1]
 
 
-def select_fleet(c: Any, inventory: str | None,
-                 limit: str | None) -> tuple[list[HostSpec], list[HostSpec]]:
-    """Every host of the inventory and those ``--limit`` selects, reading it once."""
+def select_fleet(c: Any, inventory: str | None, limit: str | None,
+                 vault_password_file: str | None = None) -> tuple[list[HostSpec], list[HostSpec]]:
+    """Every host of the inventory and those ``--limit`` selects, reading it once.
+
+    Vault-encrypted variables are decrypted here, before any host is contacted,
+    so a wrong password ends the run with one line and nothing touched.
+    """
     try:
         if getattr(c, "host", None):  # `fab -H user@host:port task`
             adhoc = f"{c.user}@{c.host}:{c.port}" if c.user else f"{c.host}:{c.port}"
@@ -62,7 +70,7 @@ def select_fleet(c: Any, inventory: str | None,
         if not inventory and not path.exists():
             raise Exit(f"no inventory: {path} does not exist (run 'fab lab.up' or pass "
                        "--inventory)", code=2)
-        loaded = Inventory.load(path)
+        loaded = Inventory.load(path, Passwords(vault_password_file))
         fleet, hosts = loaded.hosts(None), loaded.hosts(limit)
     except KeelError as exc:
         raise Exit(str(exc), code=2) from None
@@ -91,9 +99,11 @@ def options(
 
 
 def run(c: Any, play: Play, *, inventory: str | None = None, limit: str | None = None,
-        only: Callable[[HostSpec], bool] | None = None, **opts: Any) -> None:
+        only: Callable[[HostSpec], bool] | None = None, vault_password_file: str | None = None,
+        **opts: Any) -> None:
     """Run ``play`` on the selected hosts (those ``only`` accepts); exit non-zero if any failed."""
-    hosts = [h for h in select_hosts(c, inventory, limit) if only is None or only(h)]
+    hosts = [h for h in select_hosts(c, inventory, limit, vault_password_file)
+             if only is None or only(h)]
     if not hosts:
         raise Exit(f"{play.name}: none of the selected hosts runs this task", code=2)
     outcomes = run_play(hosts, play, options(c, **opts))

@@ -40,9 +40,15 @@ Behaviour follows ansible-core's ``ini`` and ``yaml`` inventory plugins, its
   group declared somewhere in the same file (or an earlier file), as in Ansible.
 * Stricter than Ansible (which warns and skips): unknown keys in a YAML group,
   non-mapping groups, files in an inventory directory that do not parse, and
-  host patterns matching nothing are errors. Vault-encrypted files and
-  ``!vault`` values are not supported (an error names the file); ``!unsafe``
-  values load as plain strings.
+  host patterns matching nothing are errors. ``!unsafe`` values load as plain
+  strings.
+* Ansible Vault (``keel/vault.py``): group_vars/host_vars files encrypted whole
+  with ``ansible-vault`` and ``!vault`` values anywhere in YAML are decrypted
+  while loading, with the password of :class:`keel.vault.Passwords` (asked for
+  only when something is encrypted). Every decrypted string is a
+  :class:`keel.vault.Secret`, masked in output. A wrong password or a corrupt
+  body is an error naming the file (and line). Encrypted inventory files
+  themselves are an error: encrypt the vars files instead.
 * Host patterns: ``,`` or ``:`` separated; ``!x`` excludes, ``&x`` intersects,
   ``*``/``?``/``[...]`` globs and ``~regex`` match group and host names. Results
   come in inventory order (the order hosts were first declared). Subscripts
@@ -79,6 +85,7 @@ from typing import Any
 import yaml
 
 from keel.errors import KeelError
+from keel.vault import Passwords, Secret, VaultError, decrypt, is_encrypted
 
 __all__ = ["Group", "HostSpec", "Inventory", "InventoryError"]
 
@@ -168,8 +175,9 @@ class Inventory:
         Inventory.from_hosts(["deploy@10.0.0.5:2222"]).hosts()
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, passwords: Passwords | None = None) -> None:
         self.path = path
+        self.passwords = passwords or Passwords()
         self.groups: dict[str, Group] = {}
         self._inline: dict[str, dict[str, Any]] = {}
         self._group_files: dict[str, dict[str, Any]] = {}
@@ -182,15 +190,17 @@ class Inventory:
 
     # ------------------------------------------------------------------ public
     @classmethod
-    def load(cls, path: str | Path) -> Inventory:
+    def load(cls, path: str | Path, passwords: Passwords | None = None) -> Inventory:
         """Read an inventory file or directory, with its group_vars/ and host_vars/.
 
+        ``passwords`` opens vault-encrypted content (default: the password file
+        in ``$ANSIBLE_VAULT_PASSWORD_FILE``, else a prompt on a terminal).
         Example: ``Inventory.load("inventory/hosts.ini").hosts("dbservers")``.
         """
         given = Path(path)
         if not given.exists():
             raise InventoryError(f"inventory: no such file: {path}")
-        inv = cls(given)
+        inv = cls(given, passwords)
         if given.is_dir():
             for source in _directory_sources(given):
                 inv._parse_file(source)
@@ -289,11 +299,14 @@ class Inventory:
     # ---------------------------------------------------------------- parsing
     def _parse_file(self, path: Path) -> None:
         text = _read_text(path)
+        if is_encrypted(text):
+            raise InventoryError(f"{path}:1: ansible-vault encrypted inventory files are not "
+                                 "supported (encrypt group_vars/host_vars files instead)")
         if _looks_like_yaml(path, text):
             if path.suffix == ".json":
                 data, where = _load_json(path, text)
             else:
-                data, where = _load_yaml(path, text)
+                data, where = _load_yaml(path, text, self.passwords)
             self._parse_yaml(path, data, where)
         else:
             self._parse_ini(path, text)
@@ -463,9 +476,9 @@ class Inventory:
 
         if base is not None:
             for name in groups:
-                self._group_files[name] = _read_vars(base / "group_vars", name)
+                self._group_files[name] = _read_vars(base / "group_vars", name, self.passwords)
             for host in self._hosts.values():
-                host.file_vars = _read_vars(base / "host_vars", host.name)
+                host.file_vars = _read_vars(base / "host_vars", host.name, self.passwords)
         for name, group in groups.items():
             group.vars = {**self._inline[name], **self._group_files.get(name, {})}
 
@@ -596,9 +609,12 @@ class Inventory:
 class _LineLoader(yaml.SafeLoader):
     """A SafeLoader that remembers the line of each mapping key (by mapping id)."""
 
-    def __init__(self, stream: str) -> None:
+    def __init__(self, stream: str, path: Path | None = None,
+                 passwords: Passwords | None = None) -> None:
         super().__init__(stream)
         self.key_lines: dict[int, dict[Any, int]] = {}
+        self.path = path
+        self.passwords = passwords or Passwords()
 
 
 def _construct_map(loader: _LineLoader, node: yaml.MappingNode) -> Iterable[dict[Any, Any]]:
@@ -620,19 +636,27 @@ def _construct_unsafe(loader: _LineLoader, node: yaml.Node) -> Any:
     return loader.construct_mapping(node, deep=True)
 
 
-def _construct_vault(loader: _LineLoader, node: yaml.Node) -> Any:
-    raise yaml.constructor.ConstructorError(
-        None, None, "ansible-vault encrypted values (!vault) are not supported", node.start_mark
-    )
+def _construct_vault(loader: _LineLoader, node: yaml.Node) -> Secret:
+    where = f"{loader.path}:{node.start_mark.line + 1}"
+    if not isinstance(node, yaml.ScalarNode):
+        raise InventoryError(f"{where}: a !vault value must be a string (an ansible-vault block)")
+    envelope = loader.construct_scalar(node)
+    try:
+        return Secret(decrypt(envelope, loader.passwords.get))
+    except VaultError as exc:
+        raise InventoryError(f"{where}: !vault value: {exc}") from None
 
 
 class _FastLineLoader(getattr(yaml, "CSafeLoader", _LineLoader)):  # type: ignore[misc]
     """The same on libyaml's parser (in PyYAML's wheels): several times faster. Its
     error messages differ, so a file it rejects is parsed again by _LineLoader."""
 
-    def __init__(self, stream: str) -> None:
+    def __init__(self, stream: str, path: Path | None = None,
+                 passwords: Passwords | None = None) -> None:
         super().__init__(stream)
         self.key_lines: dict[int, dict[Any, int]] = {}
+        self.path = path
+        self.passwords = passwords or Passwords()
 
 
 for _loader in (_LineLoader, _FastLineLoader):
@@ -663,20 +687,18 @@ def _read_text(path: Path) -> str:
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
         raise InventoryError(f"{path}:{line}: not valid UTF-8") from None
-    if text.startswith("$ANSIBLE_VAULT"):
-        raise InventoryError(f"{path}:1: ansible-vault encrypted files are not supported")
     return text
 
 
-def _load_yaml(path: Path, text: str) -> tuple[Any, _Where]:
-    fast = _FastLineLoader(text)
+def _load_yaml(path: Path, text: str, passwords: Passwords | None = None) -> tuple[Any, _Where]:
+    fast = _FastLineLoader(text, path, passwords)
     try:
         return fast.get_single_data(), _Where(path, fast.key_lines)
     except yaml.YAMLError:
         pass  # parsed again below, for the usual message
     finally:
         fast.dispose()
-    loader = _LineLoader(text)
+    loader = _LineLoader(text, path, passwords)
     try:
         data = loader.get_single_data()
     except yaml.MarkedYAMLError as exc:
@@ -754,12 +776,27 @@ def _vars_folder_files(folder: Path) -> list[Path]:
     return found
 
 
-def _read_vars(folder: Path, name: str) -> dict[str, Any]:
-    """Merge the vars files for one group or host, in order (later files win)."""
+def _read_vars(folder: Path, name: str, passwords: Passwords | None = None) -> dict[str, Any]:
+    """Merge the vars files for one group or host, in order (later files win).
+
+    A file encrypted whole with ansible-vault is decrypted first, and every
+    string in it becomes a :class:`Secret`.
+    """
     merged: dict[str, Any] = {}
     for path in _vars_files(folder, name):
         text = _read_text(path)
-        data, where = _load_json(path, text) if path.suffix == ".json" else _load_yaml(path, text)
+        encrypted = is_encrypted(text)
+        if encrypted:
+            try:
+                text = decrypt(text, (passwords or Passwords()).get)
+            except VaultError as exc:
+                raise InventoryError(f"{path}: {exc}") from None
+        if path.suffix == ".json":
+            data, where = _load_json(path, text)
+        else:
+            data, where = _load_yaml(path, text, passwords)
+        if encrypted:
+            data = _as_secrets(data)
         if data is None:
             continue
         if not isinstance(data, dict):
@@ -767,6 +804,15 @@ def _read_vars(folder: Path, name: str) -> dict[str, Any]:
         _check_vars(data, partial(where, data))
         merged.update({str(k): v for k, v in data.items()})
     return merged
+
+
+def _as_secrets(obj: Any) -> Any:
+    """Every string value (not key) of decrypted data, as a :class:`Secret`."""
+    if isinstance(obj, dict):
+        return {k: _as_secrets(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_as_secrets(v) for v in obj]
+    return Secret(obj) if isinstance(obj, str) else obj
 
 
 def _check_vars(variables: dict[Any, Any], locate: Locate) -> None:

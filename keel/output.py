@@ -16,6 +16,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from keel.operation import Result
+from keel.vault import Secret
 
 if TYPE_CHECKING:
     from keel.runner import HostOutcome
@@ -26,10 +27,14 @@ MASK = "********"
 
 
 def secret_values(variables: Mapping[str, Any]) -> set[str]:
-    """Values of variables whose names say they are secret, searched recursively.
+    """Values of variables whose names say they are secret, and every value
+    decrypted from ansible-vault (:class:`keel.vault.Secret`), searched recursively.
+    Strings shorter than 4 characters are left alone: masking them would hide
+    too much of the output to be useful, and they are no secret worth the name.
 
-    >>> sorted(secret_values({"db_password": "hunter22", "app": {"secret_key": "s3cr3tz"}}))
-    ['hunter22', 's3cr3tz']
+    >>> sorted(secret_values({"db_password": "hunter22", "app": {"secret_key": "s3cr3tz"},
+    ...                       "token_ttl": Secret("from-vault")}))
+    ['from-vault', 'hunter22', 's3cr3tz']
     """
     found: set[str] = set()
 
@@ -40,8 +45,9 @@ def secret_values(variables: Mapping[str, Any]) -> set[str]:
         elif isinstance(obj, list | tuple):
             for v in obj:
                 walk(v, name)
-        elif isinstance(obj, str) and len(obj) >= 4 and SECRET_NAME.search(name):
-            found.add(obj)
+        elif isinstance(obj, str) and len(obj) >= 4 and (
+                isinstance(obj, Secret) or SECRET_NAME.search(name)):
+            found.add(str(obj))
 
     walk(variables)
     return found

@@ -51,9 +51,9 @@ def releases_play() -> Play:
 
 
 def deploy(c: Any, name: str, inventory: str | None, limit: str | None, serial: Any,
-           **opts: Any) -> None:
+           vault_password_file: str | None = None, **opts: Any) -> None:
     """Load balancers first; then the app hosts, in batches drained from every balancer."""
-    fleet, hosts = cli.select_fleet(c, inventory, limit)
+    fleet, hosts = cli.select_fleet(c, inventory, limit, vault_password_file)
     options = cli.options(c, **opts)
     balancers = [h for h in fleet if lb.is_balancer(h)]
     lb_play = Play(name, [lb.Pool(fleet), lb], TEMPLATES, login=login, lock=True)

@@ -15,6 +15,8 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -154,3 +156,34 @@ def test_plan_masks_secret_values_wherever_they_appear(test_lab: TestLab, lab2: 
     assert secret not in (tmp_path / "plan.json").read_text()
     targets = [r["target"] for r in doc["hosts"]["lab2"]["results"] if r["op"] == "command"]
     assert "hello: python -m hello.migrate --key ********" in targets
+
+
+def test_plan_masks_values_from_ansible_vault(test_lab: TestLab, lab2: HostSpec,
+                                              tmp_path: Path) -> None:
+    """A group_vars file encrypted by the real ansible-vault CLI: decrypted with
+    --vault-password-file, and every value from it masked whatever its name."""
+    marker = "vault-only-7f3a2c"
+    inv = tmp_path / "inv"
+    (inv / "group_vars" / "app").mkdir(parents=True)
+    (inv / "lab.yml").write_text(test_lab.inventory_path.read_text())
+    main = yaml.safe_load((ROOT / "inventory" / "group_vars" / "app.yml").read_text())
+    main["apps"][0]["pre_start"].append(f"python -m hello.migrate --note {marker}")
+    vault = inv / "group_vars" / "app" / "vault.yml"
+    vault.write_text(yaml.safe_dump(main))
+    (tmp_path / "pass").write_text("lab vault password\n")
+    subprocess.run([str(Path(sys.executable).with_name("ansible-vault")), "encrypt",
+                    "--vault-password-file", str(tmp_path / "pass"), str(vault)],
+                   check=True, capture_output=True, timeout=60)
+    assert marker not in vault.read_text()
+    report = tmp_path / "plan.json"
+    proc = fab("plan", "--limit", "lab2", "--json", str(report), "--vault-password-file",
+               str(tmp_path / "pass"), "--extra-vars", json.dumps({"deploy_user": "debian"}),
+               inventory=inv / "lab.yml", timeout=120)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 0, text[-3000:]
+    # Every string of the file is a secret: the app's name and each pre_start command too.
+    commands = [ln for ln in text.splitlines() if ln.startswith("lab2 would change  command")]
+    assert "lab2 would change  command ********: ******** (ran)" in commands, text[-3000:]
+    assert "lab2 would change  template /etc/nginx/sites-available/******** (created)" in text
+    assert marker not in text
+    assert marker not in report.read_text()
