@@ -15,6 +15,13 @@ and health-checked, then this role checks each host's ``lb_health_path`` from
 here and renders it back up. Hosts listed in ``lb_down`` are rendered
 ``down``; the rolling deploy sets it, and it is empty otherwise.
 
+TLS: with ``lb_tls_cert`` and ``lb_tls_key`` (PEM files on the controller) the
+lb terminates TLS on ``lb_tls_listen`` with the app hosts' Mozilla
+"intermediate" profile (templates/tls-intermediate.conf.j2), port 80 only
+redirects to HTTPS, and the app hosts are still spoken to in HTTP (leave TLS
+off on them). The files go to ``/etc/nginx/tls/lb.{crt,key}``, the key 0600
+root:root and uploaded as a secret.
+
 Example inventory::
 
     all:
@@ -26,6 +33,7 @@ Example inventory::
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from keel.errors import HostError
@@ -33,13 +41,16 @@ from keel.host import Host
 from keel.inventory import HostSpec
 from keel.operation import q
 from keel.ops import apt, files, systemd
-from roles import nginx
+from roles import apps, nginx, tls
 
 #: Inventory group of the load balancers, and of the hosts they balance over.
 GROUP = "lb"
 BACKEND_GROUP = "app"
 NAME = "lb"
 SITE = f"/etc/nginx/sites-available/{NAME}"
+TLS_CERT = f"{apps.TLS_DIR}/{NAME}.crt"
+TLS_KEY = f"{apps.TLS_DIR}/{NAME}.key"
+TLS_DHPARAM = f"{apps.TLS_DIR}/ffdhe2048.pem"
 
 DEFAULTS: dict[str, Any] = {
     **nginx.DEFAULTS,
@@ -65,6 +76,14 @@ DEFAULTS: dict[str, Any] = {
     # Hosts rendered "down"; set by the rolling deploy (see keel.rolling).
     "lb_down": [],
     "lb_down_returning": [],
+    # TLS termination: local paths (on the controller; relative: from the
+    # project dir) of the PEM certificate chain and its key. With both, the lb
+    # serves HTTPS on lb_tls_listen and port lb_listen only redirects to it.
+    "lb_tls_cert": "",
+    "lb_tls_key": "",
+    "lb_tls_listen": 443,
+    # Strict-Transport-Security max-age in seconds (0: no HSTS header).
+    "lb_tls_hsts": 0,
 }
 
 HANDLERS = {"reload nginx": nginx.HANDLERS["reload nginx"]}
@@ -105,7 +124,34 @@ def preflight(host: Host) -> None:
     unknown = sorted(set(host.vars["lb_down"]) - names)
     if unknown:
         raise HostError(host.name, f"lb: lb_down names unknown backends {unknown}")
-    nginx.check_ports(host, {int(host.vars["lb_listen"])})
+    tls_files(host)
+    ports = {int(host.vars["lb_listen"])}
+    if uses_tls(host.vars):
+        ports.add(int(host.vars["lb_tls_listen"]))
+    nginx.check_ports(host, ports)
+
+
+def uses_tls(variables: dict[str, Any]) -> bool:
+    return bool(variables.get("lb_tls_cert") or variables.get("lb_tls_key"))
+
+
+def tls_files(host: Host) -> tuple[Path, Path] | None:
+    """The lb's certificate and key on the controller, both readable, or None without TLS."""
+    v = host.vars
+    if not uses_tls(v):
+        return None
+    project = Path(v.get("project_dir") or ".")
+    found = []
+    for key in ("lb_tls_cert", "lb_tls_key"):
+        if not v[key]:
+            raise HostError(host.name, f"lb: {key} is not set (TLS needs both lb_tls_cert "
+                                       "and lb_tls_key)")
+        path = Path(v[key])
+        path = path if path.is_absolute() else project / path
+        if not path.is_file():
+            raise HostError(host.name, f"lb: {key} {path} does not exist")
+        found.append(path)
+    return found[0], found[1]
 
 
 def check_returning(host: Host) -> None:
@@ -135,15 +181,28 @@ def apply(host: Host) -> None:
     apt.packages(host, v["nginx_packages"])
     if v["nginx_disable_default_site"]:
         files.absent(host, "/etc/nginx/sites-enabled/default", notify="reload nginx")
+    pem = tls_files(host)
+    if pem:  # before the site, so its nginx -t finds them
+        files.directory(host, apps.TLS_DIR, owner="root", group="root", mode="0700")
+        files.file(host, TLS_DHPARAM, tls.FFDHE2048, mode="0644", notify="reload nginx")
+        files.file(host, TLS_CERT, pem[0].read_bytes(), mode="0644", notify="reload nginx")
+        files.file(host, TLS_KEY, pem[1].read_bytes(), mode="0600", secret=True,
+                   notify="reload nginx")
     files.template(host, "lb.conf.j2", SITE, backends=v["lb_backends"], down=set(v["lb_down"]),
+                   tls=bool(pem), tls_cert_path=TLS_CERT, tls_key_path=TLS_KEY,
+                   tls_dhparam=TLS_DHPARAM, tls_hsts=v["lb_tls_hsts"],
                    validate=nginx.site_validate(NAME), notify="reload nginx")
     files.symlink(host, f"/etc/nginx/sites-enabled/{NAME}", SITE, notify="reload nginx")
+    if not pem:  # once the site no longer refers to them
+        for path in (TLS_KEY, TLS_CERT):
+            files.absent(host, path)
     systemd.service(host, "nginx", enabled=True, running=True)
 
 
 def expectations(variables: dict[str, Any]) -> dict[str, Any]:
     """What ``fab verify`` should find on a load balancer: nginx and the lb site, no apps."""
-    from roles import apps
-
+    merged = {**DEFAULTS, **variables}
     return {**apps.expectations(variables), "apps": [], "role": "lb",
-            "lb_listen": {**DEFAULTS, **variables}["lb_listen"], "lb_site": NAME}
+            "lb_listen": merged["lb_listen"], "lb_site": NAME,
+            "lb_tls": uses_tls(merged), "lb_tls_listen": merged["lb_tls_listen"],
+            "lb_tls_key_path": TLS_KEY}

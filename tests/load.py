@@ -62,7 +62,8 @@ class Load:
 
     def __init__(self, url: str, connections: int = 4, max_seconds: int = 300,
                  max_requests: int = 500_000, threads: int = 2, headers: tuple[str, ...] = ()) -> None:
-        assert url.startswith(("http://10.83.", "http://127.")), "lab hosts or loopback only"
+        assert url.startswith(tuple(f"{scheme}://{net}" for scheme in ("http", "https")
+                                    for net in ("10.83.", "127."))), "lab hosts or loopback only"
         self._dir = tempfile.TemporaryDirectory(prefix="keel-load-")
         script = Path(self._dir.name) / "count.lua"
         script.write_text(LUA)

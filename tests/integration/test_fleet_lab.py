@@ -319,3 +319,76 @@ def test_tls(fleet: Fleet, tmp_path: Path, tls_files: tuple[Path, Path]) -> None
         fab("deploy", "--limit", spec.name, inventory=fleet.inventory, check=True)
     assert _on(spec, "ls /etc/nginx/tls").split() == ["ffdhe2048.pem"]
     assert _get(f"http://{fleet.lb.address}/healthz")[0] == 200
+
+
+# ------------------------------------------------------------------ TLS on the load balancer
+LB_NAME = "fleet.test"
+
+
+def test_tls_on_the_lb_and_a_rolling_deploy_behind_it(fleet: Fleet, tmp_path: Path) -> None:
+    """The lb terminates TLS (user files) and speaks HTTP to the app hosts; a rolling deploy
+    under HTTPS load (one TLS handshake per request) fails no request."""
+    cert, key = tmp_path / "lb.crt", tmp_path / "lb.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                    "-nodes", "-days", "2", "-subj", f"/CN={LB_NAME}",
+                    "-addext", f"subjectAltName=DNS:{LB_NAME}", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    secret = "".join(key.read_text().splitlines()[1:3])
+    inventory = _inventory(tmp_path / "tlslb" / "hosts.yml", {"lb": [fleet.lb], "app": fleet.apps})
+    (inventory.parent / "host_vars").mkdir()
+    (inventory.parent / "host_vars" / f"{fleet.lb.name}.yml").write_text(json.dumps(
+        {"lb_tls_cert": str(cert), "lb_tls_key": str(key), "lb_tls_hsts": 300}))
+    https = f"https://{LB_NAME}/version"
+    resolve = ["--cacert", str(cert), "--resolve", f"{LB_NAME}:443:{fleet.lb.address}"]
+    try:
+        first = fab("deploy", "--diff", "--json", str(tmp_path / "deploy.json"), inventory=inventory,
+                    check=True)
+        for text in (first.stdout, (tmp_path / "deploy.json").read_text()):
+            assert secret not in text and "PRIVATE KEY" not in text
+        changed = {n: h["changed"] for n, h in
+                   json.loads((tmp_path / "deploy.json").read_text())["hosts"].items()}
+        assert changed[fleet.lb.name] > 0 and all(changed[s.name] == 0 for s in fleet.apps), changed
+        code, body = _get(https, *resolve)
+        assert code == 200 and "release" in json.loads(body), (code, body)
+        redirect = subprocess.run(
+            ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code} %{redirect_url}", "-H",
+             f"Host: {LB_NAME}", f"http://{fleet.lb.address}/version?x=1"],
+            capture_output=True, text=True).stdout
+        assert redirect == f"301 https://{LB_NAME}/version?x=1"
+        assert subprocess.run(["curl", "-s", "--tls-max", "1.1", *resolve, https],
+                              capture_output=True).returncode != 0, "TLS 1.1 was accepted"
+        assert _on(fleet.lb, "stat -c '%U:%G %a' /etc/nginx/tls/lb.key").strip() == "root:root 600"
+        # The app hosts still answer plain HTTP, from the lb's network.
+        assert _get(f"http://{fleet.apps[0].address}/healthz")[0] == 200
+
+        variant = Variant(tmp_path, _on(fleet.apps[0], "python3 -V").split()[1])
+        release = variant.change()
+        with Load(f"https://{fleet.lb.address}/version", connections=4, max_seconds=240,
+                  max_requests=200_000, headers=("Connection: close",)) as load:
+            t0 = time.monotonic()
+            proc = fab("deploy", "--extra-vars", variant.extra(), inventory=inventory)
+            seconds = time.monotonic() - t0
+        result = load.result
+        print(f"\nrolling deploy behind a TLS lb: {seconds:.1f} s; HTTPS load through the lb: "
+              f"{result}")
+        assert proc.returncode == 0, proc.stdout[-3000:]
+        assert proc.stdout.count("back in service on") == len(fleet.apps), proc.stdout[-3000:]
+        assert result is not None and result.requests > 300, result
+        assert result.errors == 0, result
+        assert {s.name: _release(s) for s in fleet.apps} == {s.name: release for s in fleet.apps}
+
+        verify = fab("verify", inventory=inventory)
+        assert verify.returncode == 0, verify.stdout[-3000:]
+
+        missing = tmp_path / "nope.key"
+        (inventory.parent / "host_vars" / f"{fleet.lb.name}.yml").write_text(json.dumps(
+            {"lb_tls_cert": str(cert), "lb_tls_key": str(missing)}))
+        bad = fab("deploy", "--limit", fleet.lb.name, inventory=inventory)
+        assert bad.returncode != 0
+        errors = [ln for ln in bad.stdout.splitlines() if ln.startswith(f"{fleet.lb.name}: ")]
+        assert errors == [f"{fleet.lb.name}: lb: lb_tls_key {missing} does not exist"], bad.stdout
+        assert _get(https, *resolve)[0] == 200  # untouched
+    finally:  # back to plain HTTP; the lb's key and certificate are removed
+        fab("deploy", "--limit", fleet.lb.name, inventory=fleet.inventory, check=True)
+    assert _on(fleet.lb, "ls /etc/nginx/tls").split() == ["ffdhe2048.pem"]
+    assert _get(f"http://{fleet.lb.address}/healthz")[0] == 200

@@ -61,9 +61,12 @@ FLEET = [spec("lb1", "10.0.0.10", "lb"), spec("web1", "10.0.0.11", "app"),
          spec("web2", "10.0.0.12", "app"), spec("db1", "10.0.0.20", "db")]
 
 
-def lb_conf(**overrides: object) -> str:
+def lb_conf(tls: bool = False, folder: Path = Path("/etc/nginx/tls"), **overrides: object) -> str:
+    """The lb site as roles/lb.py renders it (TLS files under ``folder``)."""
     v = {**lb.DEFAULTS, "lb_backends": lb.backends(FLEET), **overrides}
-    return render("lb.conf.j2", **v, backends=v["lb_backends"], down=set(v["lb_down"]))
+    return render("lb.conf.j2", **v, backends=v["lb_backends"], down=set(v["lb_down"]), tls=tls,
+                  tls_cert_path=f"{folder}/lb.crt", tls_key_path=f"{folder}/lb.key",
+                  tls_dhparam=f"{folder}/ffdhe2048.pem", tls_hsts=v["lb_tls_hsts"])
 
 
 def test_backends_are_the_app_group_by_address() -> None:
@@ -100,6 +103,59 @@ def test_lb_fixed_backend_host() -> None:
 def test_nginx_accepts_the_lb(tmp_path: Path) -> None:
     done = nginx_t(tmp_path, lb_conf(lb_down=["web1"]))
     assert done.returncode == 0, done.stderr
+
+
+def test_lb_tls_redirects_http_and_proxies_https_in_http() -> None:
+    plain = lb_conf()
+    assert "ssl" not in plain
+    text = lb_conf(tls=True, lb_tls_hsts=600)
+    lines = nginx_lines(text)
+    http, https = text.split("\nserver {")[1:]
+    assert "listen 80 default_server;" in http and "return 301 https://$host$request_uri;" in http
+    assert "proxy_pass" not in http
+    assert "listen 443 ssl default_server;" in https
+    for line in ("ssl_protocols TLSv1.2 TLSv1.3;", "ssl_session_tickets off;",
+                 "ssl_certificate /etc/nginx/tls/lb.crt;", "ssl_certificate_key /etc/nginx/tls/lb.key;",
+                 "ssl_dhparam /etc/nginx/tls/ffdhe2048.pem;", "proxy_pass http://app_hosts;",
+                 'add_header Strict-Transport-Security "max-age=600" always;',
+                 "proxy_set_header X-Forwarded-Proto $scheme;"):
+        assert line in lines, line
+    # The same profile as the app hosts' TLS sites.
+    site = nginx_lines(render("nginx-site.conf.j2", app={**base_app(), "tls": True, "tls_listen": 443,
+                              "tls_hsts": 0, "tls_cert_path": "c", "tls_key_path": "k",
+                              "tls_dhparam": "d"}, nginx_group="www-data"))
+    profile = [ln for ln in site if ln.split()[0] in ("ssl_protocols", "ssl_ciphers",
+                                                      "ssl_prefer_server_ciphers", "ssl_session_tickets")]
+    assert len(profile) == 4 and all(ln in lines for ln in profile)
+    assert "return 301 https://$host:8443$request_uri;" in nginx_lines(
+        lb_conf(tls=True, lb_tls_listen=8443))
+
+
+@needs_nginx
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is not installed")
+def test_nginx_accepts_the_tls_lb(tmp_path: Path) -> None:
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                    "-nodes", "-days", "1", "-subj", "/CN=lb.example.test",
+                    "-keyout", str(tmp_path / "lb.key"), "-out", str(tmp_path / "lb.crt")],
+                   check=True, capture_output=True)
+    (tmp_path / "ffdhe2048.pem").write_text(FFDHE2048)
+    done = nginx_t(tmp_path, lb_conf(tls=True, folder=tmp_path))
+    assert done.returncode == 0, done.stderr
+
+
+def test_lb_tls_needs_both_files_and_they_must_exist(tmp_path: Path) -> None:
+    cert = tmp_path / "cert.pem"
+    cert.write_text("x")
+    base = {**lb.DEFAULTS, "project_dir": str(tmp_path)}
+    host = SimpleNamespace(name="lb1", vars={**base, "lb_tls_cert": "cert.pem", "lb_tls_key": "k.pem"})
+    with pytest.raises(HostError) as err:
+        lb.tls_files(host)  # type: ignore[arg-type]
+    assert str(err.value) == f"lb1: lb: lb_tls_key {tmp_path}/k.pem does not exist"
+    host.vars["lb_tls_key"] = ""
+    with pytest.raises(HostError, match="lb_tls_key is not set"):
+        lb.tls_files(host)  # type: ignore[arg-type]
+    host.vars["lb_tls_cert"] = ""
+    assert lb.tls_files(host) is None  # type: ignore[arg-type]
 
 
 # ------------------------------------------------------------------ TLS site

@@ -107,8 +107,16 @@ def _tls_key_is_private(host: Any, app: dict) -> None:
 def _load_balancer_serves(host: Any, expect: dict) -> None:
     site = f"/etc/nginx/sites-enabled/{expect['lb_site']}"
     assert host.file(site).is_symlink, f"{_who(host)}: {site} is not a symlink"
-    code = host.check_output(
-        f"curl -s -o /dev/null -w '%{{http_code}}' http://127.0.0.1:{expect['lb_listen']}/healthz")
+    http = f"curl -s -o /dev/null -w '%{{http_code}}' http://127.0.0.1:{expect['lb_listen']}/healthz"
+    if expect.get("lb_tls"):  # HTTP redirects; HTTPS serves (checked on this host, -k)
+        plain = host.check_output(http)
+        assert plain == "301", (
+            f"{_who(host)}: GET http://…/healthz on the load balancer answered {plain}, not 301")
+        code = host.check_output("curl -sk -o /dev/null -w '%{http_code}' "
+                                 f"https://127.0.0.1:{expect['lb_tls_listen']}/healthz")
+        _tls_key_is_private(host, {"tls_key_path": expect["lb_tls_key_path"]})
+    else:
+        code = host.check_output(http)
     assert code == "200", f"{_who(host)}: GET /healthz through the load balancer answered {code}"
 
 
