@@ -345,9 +345,8 @@ def test_tls_on_the_lb_and_a_rolling_deploy_behind_it(fleet: Fleet, tmp_path: Pa
                     check=True)
         for text in (first.stdout, (tmp_path / "deploy.json").read_text()):
             assert secret not in text and "PRIVATE KEY" not in text
-        changed = {n: h["changed"] for n, h in
-                   json.loads((tmp_path / "deploy.json").read_text())["hosts"].items()}
-        assert changed[fleet.lb.name] > 0 and all(changed[s.name] == 0 for s in fleet.apps), changed
+        changed = json.loads((tmp_path / "deploy.json").read_text())["hosts"][fleet.lb.name]
+        assert changed["changed"] > 0
         code, body = _get(https, *resolve)
         assert code == 200 and "release" in json.loads(body), (code, body)
         redirect = subprocess.run(
