@@ -28,6 +28,7 @@ import os.path
 import shlex
 import socket
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import paramiko
@@ -38,11 +39,16 @@ from keel.errors import HostError, UnreachableError
 from keel.inventory import HostSpec
 
 READY = b"KEEL-AGENT-READY\n"
+#: A request ``BATCH + " <file>"`` makes the python agent run the read-only scripts
+#: stored in ``<file>`` (each ``b"<len>\\n" + script``) concurrently, replying with
+#: ``b"<rc> <len(script)> <len(stdout)> <len(stderr)>\\n" + script + stdout + stderr``
+#: for each, in order (see keel.prefetch). To the sh agent it is a comment: no output.
+BATCH = "#keel-batch"
 # The agent prefers python3 (one fork per request) and falls back to POSIX sh
 # (a handful of forks per request) on hosts without it. Neither writes to disk
 # except the sh fallback's scratch files in /dev/shm, removed on exit.
 _AGENT_PY = r"""
-import os, subprocess, sys
+import os, subprocess, sys, threading
 i, o = sys.stdin.buffer, sys.stdout.buffer
 env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C.UTF-8",
        "DEBIAN_FRONTEND": "noninteractive", "HOME": os.environ.get("HOME", "/root")}
@@ -54,6 +60,29 @@ def rd(n):
             sys.exit(0)
         b += c
     return b
+def sh(s, d=b""):
+    return subprocess.run(["/bin/sh", "-c", s], input=d, stdout=-1, stderr=-1, env=env, cwd="/")
+def batch(path):
+    try:
+        data = open(path, "rb").read()
+    except OSError:
+        return b""
+    scripts, k = [], 0
+    while k < len(data):
+        nl = data.index(b"\n", k); n = int(data[k:nl]); scripts.append(data[nl + 1:nl + 1 + n])
+        k = nl + 1 + n
+    done, gate = [None] * len(scripts), threading.BoundedSemaphore(2 * (os.cpu_count() or 1))
+    def work(j):
+        with gate:
+            try:
+                done[j] = sh(scripts[j])
+            except OSError:  # left out: the controller sends it again on its own
+                pass
+    ts = [threading.Thread(target=work, args=(j,)) for j in range(len(scripts))]
+    for t in ts: t.start()
+    for t in ts: t.join()
+    return b"".join(b"%d %d %d %d\n" % (p.returncode, len(s), len(p.stdout), len(p.stderr))
+                    + s + p.stdout + p.stderr for s, p in zip(scripts, done) if p)
 o.write(b"KEEL-AGENT-READY\n"); o.flush()
 while True:
     h = i.readline()
@@ -61,8 +90,12 @@ while True:
         break
     n, m = map(int, h.split())
     s = rd(n); d = rd(m)
-    p = subprocess.run(["/bin/sh", "-c", s], input=d, stdout=-1, stderr=-1, env=env, cwd="/")
-    o.write(b"%d %d %d\n" % (p.returncode, len(p.stdout), len(p.stderr)) + p.stdout + p.stderr)
+    if s.startswith(b"#keel-batch "):
+        out = batch(s[12:].split(b"\n")[0].decode())
+        o.write(b"0 %d 0\n" % len(out) + out)
+    else:
+        p = sh(s, d)
+        o.write(b"%d %d %d\n" % (p.returncode, len(p.stdout), len(p.stderr)) + p.stdout + p.stderr)
     o.flush()
 """
 _AGENT_SH = r"""
@@ -104,6 +137,15 @@ class CommandResult:
     @property
     def ok(self) -> bool:
         return self.rc == 0
+
+
+@dataclass(frozen=True)
+class Request:
+    """One script for the agent: what it reads on stdin, and how many commands it counts as."""
+
+    script: str
+    stdin: bytes = b""
+    commands: int = 1
 
 
 @dataclass
@@ -231,22 +273,36 @@ class Connection:
     # ----------------------------------------------------------------- run
     def run(self, script: str, stdin: bytes = b"", commands: int = 1) -> CommandResult:
         """Run ``script`` with ``sh -c`` as root; one round trip."""
-        body = script.encode()
+        return self.run_many([Request(script, stdin, commands)])[0]
+
+    def run_many(self, requests: Sequence[Request]) -> list[CommandResult]:
+        """Run several scripts one after another on the host, in one round trip.
+
+        The requests are pipelined: all are sent at once and the agent, which
+        reads its stdin one request at a time, runs each only after the one
+        before it has finished, so they see each other's effects exactly as if
+        sent one by one. Each gets its own result.
+        """
+        wire = b"".join(b"%d %d\n" % (len(body), len(r.stdin)) + body + r.stdin
+                        for r in requests for body in (r.script.encode(),))
+        results = []
         try:
-            self._chan.sendall(b"%d %d\n" % (len(body), len(stdin)) + body + stdin)
-            header = self._out.readline()
-            if not header:
-                raise EOFError
-            rc, n_out, n_err = map(int, header.split())
-            out = self._out.read(n_out) if n_out else b""
-            err = self._out.read(n_err) if n_err else b""
+            self._chan.sendall(wire)
+            for _ in requests:
+                header = self._out.readline()
+                if not header:
+                    raise EOFError
+                rc, n_out, n_err = map(int, header.split())
+                out = self._out.read(n_out) if n_out else b""
+                err = self._out.read(n_err) if n_err else b""
+                results.append(CommandResult(rc, out, err))
+                self.stats.bytes_received += len(out) + len(err)
         except (OSError, EOFError, ValueError, paramiko.SSHException):
             raise UnreachableError(self.spec.name, "connection lost during a command") from None
         self.stats.round_trips += 1
-        self.stats.commands += commands
-        self.stats.bytes_sent += len(body) + len(stdin)
-        self.stats.bytes_received += len(out) + len(err)
-        return CommandResult(rc, out, err)
+        self.stats.commands += sum(r.commands for r in requests)
+        self.stats.bytes_sent += len(wire)
+        return results
 
     def close(self) -> None:
         try:

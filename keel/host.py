@@ -20,6 +20,7 @@ from keel.errors import OperationError, TemplateError
 from keel.facts import PENDING_HANDLERS, STATE_DIR, Facts
 from keel.inventory import HostSpec
 from keel.operation import Change, Fail, NoChange, OpGenerator, Probe, Result, q
+from keel.prefetch import Prefetcher
 
 if TYPE_CHECKING:
     from keel.output import Reporter
@@ -40,6 +41,7 @@ class Host:
         check: bool = False,
         template_dirs: list[Path] | None = None,
         reporter: Reporter | None = None,
+        prefetch: Prefetcher | None = None,
     ) -> None:
         self.spec = spec
         self.name = spec.name
@@ -55,6 +57,11 @@ class Host:
         #: Scratch space roles share during one run (resolved settings, what switched).
         self.memo: dict[str, Any] = {}
         self.reporter = reporter
+        #: Probes go through it: answered from a batch when they can be (see keel.prefetch).
+        self.prefetch = prefetch or Prefetcher(conn)
+        #: Set by the runner during preflight, whose checks are read-only by contract:
+        #: their ``run`` scripts are batched like probes.
+        self.read_only = False
         self._jinja = _environment(tuple(str(d) for d in template_dirs or []))
 
     # ---------------------------------------------------------- operations
@@ -83,7 +90,7 @@ class Host:
         return result
 
     def _probe(self, probe: Probe) -> CommandResult:
-        return self.conn.run(probe.script)
+        return self.prefetch.read(probe.script)
 
     def _change(self, op: str, target: str, change: Change, notify: list[str]) -> Result:
         diff = "(secret content hidden)" if change.secret and change.diff else change.diff
@@ -102,15 +109,22 @@ class Host:
             # still runs the handler next time.
             names = " ".join(q(n) for n in notify)
             script.append(f"mkdir -p {STATE_DIR} && printf '%s\\n' {names} >> {PENDING_HANDLERS}")
-        res = self.conn.run("\n".join(script), stdin=change.stdin, commands=len(change.commands))
+        res = self.prefetch.write("\n".join(script), stdin=change.stdin,
+                                  commands=len(change.commands))
         if not res.ok:
             result.failed = True
             result.error = _last_line(res.err) or _last_line(res.out) or f"exit {res.rc}"
         return result
 
     def run(self, script: str, stdin: bytes = b"") -> CommandResult:
-        """Run a read-only helper script (facts a role needs). One round trip."""
-        return self.conn.run(script, stdin=stdin)
+        """Run a helper script (facts a role needs, a log line). At most one round trip.
+
+        Outside preflight it may change the host, so it is treated like a change:
+        results read before it are not reused after it.
+        """
+        if self.read_only and not stdin:
+            return self.prefetch.read(script)
+        return self.prefetch.write(script, stdin=stdin)
 
     def would_change(self, op: Any, *args: Any, **kwargs: Any) -> bool:
         """Ask ``op`` whether it would change anything, without changing or recording it."""
@@ -177,7 +191,9 @@ class Host:
                 self.reporter.warn(self.name, f"dropping unknown pending handler {name!r}")
             self.notified.remove(name)
         if not self.check and (pending or unknown or self.facts.pending_handlers):
-            self.conn.run(f"rm -f {PENDING_HANDLERS}")
+            # Nobody reads its result: it rides with the next request (at the latest, the
+            # run's last). A run that dies before sending it runs the handlers again next time.
+            self.prefetch.defer(f"rm -f {PENDING_HANDLERS}")
 
     # ----------------------------------------------------------- templates
     def render(self, template: str, **extra: Any) -> str:

@@ -20,7 +20,7 @@ import os
 import socket
 import time
 
-from keel.connection import Connection
+from keel.connection import CommandResult, Connection, Request
 from keel.errors import HostError
 from keel.facts import STATE_DIR
 from keel.operation import q
@@ -38,7 +38,12 @@ def note(play: str) -> str:
 
 def acquire(conn: Connection, play: str) -> str | None:
     """Take the lock or raise; return the note of a stale lock found, if any."""
-    script = f"""
+    return acquired(conn.spec.name, conn.run(acquire_script(play)))
+
+
+def acquire_script(play: str) -> str:
+    """The script that takes the lock (to send in a batch; :func:`acquired` reads its result)."""
+    return f"""
 mkdir -p {STATE_DIR}
 exec 9>>{LOCK}
 if ! flock -n 9; then echo busy; cat {NOTE} 2>/dev/null; exit 0; fi
@@ -50,16 +55,23 @@ echo $! > {HOLDER}
 echo acquired
 [ -z "$prev" ] || echo "$prev"
 """
-    res = conn.run(script)
+
+
+def acquired(host: str, res: CommandResult) -> str | None:
+    """Raise if :func:`acquire_script` found the lock held; else the stale note, if any."""
     lines = res.out.splitlines()
     if not res.ok or not lines:
-        raise HostError(conn.spec.name, f"cannot take the run lock: {res.err.strip()}")
+        raise HostError(host, f"cannot take the run lock: {res.err.strip()}")
     if lines[0] == "busy":
         holder = lines[1] if len(lines) > 1 else "another run"
-        raise HostError(conn.spec.name, f"another run holds the lock: {holder}")
+        raise HostError(host, f"another run holds the lock: {holder}")
     return lines[1] if len(lines) > 1 else None
 
 
 def release(conn: Connection) -> None:
     """Drop the lock and the note: the run finished (well or not, but cleanly)."""
-    conn.run(f"rm -f {NOTE}; kill $(cat {HOLDER} 2>/dev/null) 2>/dev/null; rm -f {HOLDER}; true")
+    conn.run_many([release_request()])
+
+
+def release_request() -> Request:
+    return Request(f"rm -f {NOTE}; kill $(cat {HOLDER} 2>/dev/null) 2>/dev/null; rm -f {HOLDER}; true")

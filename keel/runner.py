@@ -20,7 +20,6 @@ Example::
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -30,13 +29,14 @@ from pathlib import Path
 from typing import Any
 
 from keel import lock
-from keel.connection import Connection
+from keel.connection import Connection, Request
 from keel.errors import HostError, KeelError, UnreachableError
-from keel.facts import gather
+from keel.facts import FACTS_SCRIPT, Facts
 from keel.host import Host
 from keel.inventory import HostSpec
 from keel.operation import Result
 from keel.output import Reporter, mask, secret_values
+from keel.prefetch import Prefetcher
 
 
 @dataclass
@@ -97,6 +97,9 @@ class HostOutcome:
     error: str = ""
     round_trips: int = 0
     commands: int = 0
+    #: Probes sent ahead in batches, and how many of them an operation used.
+    prefetched: int = 0
+    prefetch_hits: int = 0
     connect_seconds: float = 0.0
     seconds: float = 0.0
     #: Handlers that ran (in check mode: would have run), in order.
@@ -115,6 +118,7 @@ class HostOutcome:
             "ok": self.ok, "changed": self.changed, "failed": self.failed,
             "unreachable": self.unreachable, "skipped": self.skipped, "error": self.error,
             "round_trips": self.round_trips, "commands": self.commands,
+            "prefetched": self.prefetched, "prefetch_hits": self.prefetch_hits,
             "seconds": round(self.seconds, 3), "results": [r.to_dict() for r in self.results],
         }
 
@@ -133,31 +137,52 @@ def run_host(
         # The login is picked from the same vars the roles see, --extra-vars included.
         user = play.login(replace(spec, vars={**spec.vars, **opts.extra_vars})) if play.login else None
         conn = Connection.open(spec, sudo_password=opts.sudo_password, user=user)
-        host = Host(spec, conn, gather(conn), variables, check=opts.check,
-                    template_dirs=play.template_dirs, reporter=reporter)
         locked = play.lock and not opts.check
+        # Facts, the lock and the probes this play read here last time: one round trip.
+        # Only under the run lock: no other run changes the host between a batch and its use.
+        prefetch = Prefetcher(conn, play.name if play.lock else None)
+        first = prefetch.start([Request(FACTS_SCRIPT)]
+                               + ([Request(lock.acquire_script(play.name))] if locked else []))
+        host = Host(spec, conn, Facts.parse(first[0].out), variables, check=opts.check,
+                    template_dirs=play.template_dirs, reporter=reporter, prefetch=prefetch)
         if locked:
-            stale = lock.acquire(conn, play.name)
+            stale = lock.acquired(spec.name, first[1])
             if stale:
                 reporter.warn(spec.name, f"previous run did not finish (stale lock: {stale})")
+        finished = False
         try:
             if body is not None:
                 body(host)
             else:
                 host.handlers = play.handlers(host)
                 # Every role checks its inputs before any role changes anything.
+                host.read_only = True
                 for role in play.roles:
                     if hasattr(role, "preflight"):
                         role.preflight(host)
+                host.read_only = False
                 for role in play.roles:
                     role.apply(host)
                 host.flush_handlers()
+            finished = True
         finally:
             outcome.results = host.results
             outcome.handled = list(host.handled)
+            outcome.prefetched, outcome.prefetch_hits = prefetch.prefetched, prefetch.hits
+            # Writes left for the end, this run's probes for the next run, the lock's release.
+            deferred = prefetch.take_deferred()
+            last = list(deferred)
             if locked:
-                with contextlib.suppress(KeelError):  # a lost connection frees it anyway
-                    lock.release(conn)
+                save = prefetch.save_request() if finished else None
+                last += [*([save] if save else []), lock.release_request()]
+            try:
+                if last:
+                    conn.run_many(last)
+            except KeelError:
+                # A lost connection frees the lock anyway; a lost write fails the run
+                # (unless it is failing already: that error is the one to report).
+                if finished and deferred:
+                    raise
     except UnreachableError as exc:
         outcome.unreachable, outcome.error = True, str(exc)
     except KeelError as exc:

@@ -1,0 +1,170 @@
+"""Probes in batches: a no-change run reads the host in one round trip, not one per operation.
+
+Operations are imperative: a role calls them one after another and may branch
+on a result, so a play's probes cannot be known before it runs. But they are
+almost always the probes the same play read on the same host last time. So a
+play that holds the run lock leaves its probe scripts on the host (the
+*trace*, ``/var/lib/keel/trace-<play>``, root only), and the next run has the
+host run them all at once, concurrently, behind its first request (facts,
+lock): one round trip. After a request that may change the host, the next few
+expected probes ride behind it. An operation's probe is answered from a batch
+only when
+
+- its script is exactly, character for character, one that ran there,
+- and nothing that may change the host ran after that batch: any change,
+  handler or role script other than a preflight check drops every batched
+  result, and the probes that ride behind it run *after* it, seeing its effect.
+
+Anything else (a probe the last run did not read, one whose text differs
+because a variable or fact did) is sent on its own, as before, and goes into
+the new trace. A stale or missing trace costs round trips, never a wrong
+decision: each probe's result is what the host answered after the last change,
+exactly as if it had been sent alone. The run lock keeps other keel runs from
+changing the host between a batch and its use.
+
+Example::
+
+    pf = Prefetcher(conn, "deploy")
+    facts_res, lock_res = pf.start([Request(FACTS_SCRIPT), Request(lock_script)])  # + the trace
+    pf.read("stat -c %U /srv/hello")   # from the batch: no round trip
+    pf.write("chown hello /srv/hello")  # the change, with the rest of the trace behind it
+    pf.save_request()                  # this run's trace, to send with the lock's release
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from keel.connection import BATCH, CommandResult, Connection, Request
+from keel.facts import STATE_DIR
+from keel.operation import q
+
+_PLAY_NAME = re.compile(r"[A-Za-z0-9_.-]+\Z")
+#: After a change, this many of the next expected probes ride behind it (each
+#: costs the host a few ms, and a change often means the next probes differ);
+#: a probe still expected but not in hand then fetches all the rest at once.
+WINDOW = 6
+#: At most this many bytes of probe scripts in one batch.
+MAX_BATCH_BYTES = 512 * 1024
+
+
+def trace_file(play: str) -> str:
+    return f"{STATE_DIR}/trace-{play}"
+
+
+class Prefetcher:
+    """One host's probe batches during one run. Not thread-safe (one per host, like the connection).
+
+    Without a ``play`` (or for a play name unfit for a file name) it batches
+    nothing: each read and write is one round trip, as it always was.
+    """
+
+    def __init__(self, conn: Connection, play: str | None = None) -> None:
+        self.conn = conn
+        self.file = trace_file(play) if play and _PLAY_NAME.match(play) else None
+        #: The trace's scripts, in order, as the host last ran them.
+        self.expected: list[str] = []
+        #: Probe scripts this run read, in order (the next trace).
+        self.trace: list[str] = []
+        self._seen: set[str] = set()
+        self._cache: dict[str, CommandResult] = {}
+        self._pos = 0  # how far this run has come along ``expected``
+        self._deferred: list[Request] = []
+        self._on_track = True  # the last probe read was one the trace expected
+        self.prefetched = 0
+        self.hits = 0
+
+    # ------------------------------------------------------------ requests
+    def start(self, first: Sequence[Request]) -> list[CommandResult]:
+        """Run ``first`` (facts, lock) with the whole trace behind it: one round trip."""
+        if not self.file:
+            return self.conn.run_many(first)
+        # The agent runs them concurrently: they only read (see keel.connection.BATCH).
+        runner = f"{BATCH} {self.file}\n"
+        *results, batch = self.conn.run_many([*first, Request(runner, commands=0)])
+        found = _parse(batch.stdout) if batch.ok else []
+        self.expected = [script for script, _ in found]
+        self._cache = dict(found)
+        self.prefetched += len(found)
+        self.conn.stats.commands += len(found)
+        return results
+
+    def read(self, script: str) -> CommandResult:
+        """A read-only script's result: from the current batch if it ran there, else sent now."""
+        if script not in self._seen:
+            self._seen.add(script)
+            self.trace.append(script)
+        on_track = self._on_track = script in self.expected[self._pos:]
+        if on_track:
+            self._pos = self.expected.index(script, self._pos) + 1
+        cached = self._cache.get(script)
+        if cached is not None:
+            self.hits += 1
+            return cached
+        # Still expected but not in hand (a change came in between): the rest with it.
+        return self._send([Request(script)], clear=False, window=None if on_track else 0)[0]
+
+    def write(self, script: str, stdin: bytes = b"", commands: int = 1) -> CommandResult:
+        """A script that may change the host; the next expected probes ride behind it
+        (unless this run has left the trace: then they would only cost the host time)."""
+        return self._send([Request(script, stdin, commands)],
+                          window=WINDOW if self._on_track else 0)[0]
+
+    def defer(self, script: str) -> None:
+        """A write whose result nobody reads: sent in front of the next request, or at the end."""
+        self._cache.clear()
+        self._deferred.append(Request(script))
+
+    def take_deferred(self) -> list[Request]:
+        """The deferred writes not sent yet (the caller sends them, first, in its next request)."""
+        deferred, self._deferred = self._deferred, []
+        return deferred
+
+    def _send(self, first: list[Request], clear: bool = True,
+              window: int | None = WINDOW) -> list[CommandResult]:
+        deferred = self.take_deferred()
+        if clear or deferred:
+            self._cache.clear()  # whatever they do, older reads may be stale now
+        upcoming: list[str] = []
+        size = 0
+        for script in dict.fromkeys(self.expected[self._pos:]):
+            size += len(script)
+            if (window is not None and len(upcoming) >= window) or size > MAX_BATCH_BYTES:
+                break
+            if script not in self._cache and script != first[-1].script:
+                upcoming.append(script)
+        results = self.conn.run_many([*deferred, *first, *(Request(s) for s in upcoming)])
+        self._cache.update(zip(upcoming, results[len(deferred) + len(first):], strict=True))
+        self.prefetched += len(upcoming)
+        return results[len(deferred):len(deferred) + len(first)]
+
+    # --------------------------------------------------------------- trace
+    def save_request(self) -> Request | None:
+        """The request that leaves this run's trace on the host, if it differs from the last."""
+        if not self.file or not self.trace or self.trace == self.expected:
+            return None
+        blob = b"".join(b"%d\n" % len(s.encode()) + s.encode() for s in self.trace)
+        tmp = q(self.file + ".new")
+        return Request(f"mkdir -p {STATE_DIR} && umask 077 && cat > {tmp} && "
+                       f"mv -f {tmp} {q(self.file)}", blob, commands=0)
+
+
+def _parse(out: bytes) -> list[tuple[str, CommandResult]]:
+    """The runner's framed (script, result) pairs, in trace order (a torn tail is dropped)."""
+    found: list[tuple[str, CommandResult]] = []
+    pos = 0
+    while pos < len(out):
+        nl = out.find(b"\n", pos)
+        try:
+            rc, n_s, n_out, n_err = map(int, out[pos:nl].split()) if nl >= 0 else ()
+        except ValueError:
+            break
+        a = nl + 1 + n_s
+        b = a + n_out
+        c = b + n_err
+        if c > len(out):
+            break
+        found.append((out[nl + 1:a].decode(errors="replace"), CommandResult(rc, out[a:b], out[b:c])))
+        pos = c
+    return found
