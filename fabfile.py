@@ -20,13 +20,9 @@ from fabric import task
 from invoke import Collection, Exit
 
 from keel import cli
-from keel import verify as verifier
 from keel.errors import KeelError
-from keel.fleet import Fleet
 from keel.lab_tasks import lab
-from roles import logs as logs_role
 from roles import plays
-from roles import status as status_role
 
 H = cli.OPTION_HELP
 
@@ -87,6 +83,8 @@ def releases(c, inventory=None, limit=None, vault_password_file=None):
 def verify(c, inventory=None, limit=None, junit_xml=None, vault_password_file=None):
     """Check the deployed hosts with the pytest-testinfra suite in tests/verify."""
     hosts = cli.select_hosts(c, inventory, limit, vault_password_file)
+    from keel import verify as verifier  # only what each task needs: `fab deploy` starts faster
+
     rc = verifier.run_suite(hosts, cli.PROJECT_DIR / "tests" / "verify", plays.expectations,
                             user_for=plays.login, junit_xml=junit_xml)
     if rc:
@@ -109,6 +107,9 @@ def status(c, inventory=None, limit=None, app="", watch=False, interval="2", cou
         seconds = -1.0
     if not 0.5 <= seconds <= 60:
         raise Exit(f"status: --interval must be 0.5 to 60 seconds, not {interval!r}", code=2)
+    from keel.fleet import Fleet
+    from roles import status as status_role
+
     with Fleet(hosts, login=plays.login, sudo_password=cli.options(c).sudo_password) as fleet:
         try:
             failed = status_role.show(fleet, only=app, watch=watch, interval=seconds,
@@ -128,6 +129,8 @@ def status(c, inventory=None, limit=None, app="", watch=False, interval="2", cou
 def logs(c, inventory=None, limit=None, app="", since="", follow=False, lines=50,
          vault_password_file=None):
     """Journald logs of the apps (and nginx) from every selected host, each line prefixed by it."""
+    from roles import logs as logs_role
+
     hosts = cli.select_hosts(c, inventory, limit, vault_password_file)
     try:
         failed = logs_role.show(hosts, only=app, since=since, follow=follow, lines=int(lines),

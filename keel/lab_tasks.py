@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from fabric import task
 from invoke import Collection, Exit
 
 from keel import cli
-from keel import lab as labmod
+
+if TYPE_CHECKING:
+    from keel import lab as labmod
 
 
 def _lab() -> labmod.Lab:
+    from keel import lab as labmod  # imported when a lab task runs, not by every `fab`
+
     return labmod.Lab()
+
+
+def _lab_error() -> type[Exception]:
+    from keel.lab import LabError
+
+    return LabError
 
 
 @task(help={"count": "how many hosts (default 1)", "release": "bookworm or trixie"})
@@ -18,7 +30,7 @@ def up(c, count=1, release="bookworm"):
     """Start lab hosts (systemd-nspawn) and write inventory/lab.yml."""
     try:
         hosts = _lab().up(count=int(count), release=release)
-    except labmod.LabError as exc:
+    except _lab_error() as exc:
         raise Exit(f"lab.up: {exc}", code=1) from None
     inventory = _lab().write_inventory(cli.DEFAULT_INVENTORY)
     for h in hosts:
@@ -31,7 +43,7 @@ def down(c):
     """Stop every lab host; remove its overlays, mounts, veths and nft rules."""
     try:
         _lab().down()
-    except labmod.LabError as exc:
+    except _lab_error() as exc:
         raise Exit(f"lab.down: {exc}", code=1) from None
     cli.DEFAULT_INVENTORY.unlink(missing_ok=True)
     print("lab is down")
