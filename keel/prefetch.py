@@ -4,7 +4,7 @@ Operations are imperative: a role calls them one after another and may branch
 on a result, so a play's probes cannot be known before it runs. But they are
 almost always the probes the same play read on the same host last time. So a
 play that holds the run lock leaves its probe scripts on the host (the
-*trace*, ``/var/lib/keel/trace-<play>``, root only), and the next run has the
+*trace*, ``/var/lib/keel/trace-<key of the play's roles>``, root only), and the next run has the
 host run them all at once, concurrently, behind its first request (facts,
 lock): one round trip. After a request that may change the host, the next few
 expected probes ride behind it. An operation's probe is answered from a batch

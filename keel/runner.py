@@ -20,6 +20,7 @@ Example::
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -53,6 +54,13 @@ class Play:
     login: Callable[[HostSpec], str | None] | None = None
     #: Hold the host's run lock (see keel.lock): a second concurrent run fails.
     lock: bool = False
+
+    def trace_key(self) -> str:
+        """Names the probe trace (keel.prefetch): the same roles read the same probes,
+        whatever the task is called (``fab plan`` reads what ``fab deploy`` left)."""
+        names = [getattr(r, "__name__", None) or type(r).__module__ + "." + type(r).__qualname__
+                 for r in self.roles]
+        return hashlib.sha256("\0".join(names).encode()).hexdigest()[:16]
 
     def defaults(self) -> dict[str, Any]:
         merged: dict[str, Any] = {}
@@ -140,7 +148,7 @@ def run_host(
         locked = play.lock and not opts.check
         # Facts, the lock and the probes this play read here last time: one round trip.
         # Only under the run lock: no other run changes the host between a batch and its use.
-        prefetch = Prefetcher(conn, play.name if play.lock else None)
+        prefetch = Prefetcher(conn, play.trace_key() if play.lock else None)
         first = prefetch.start([Request(FACTS_SCRIPT)]
                                + ([Request(lock.acquire_script(play.name))] if locked else []))
         host = Host(spec, conn, Facts.parse(first[0].out), variables, check=opts.check,

@@ -1,0 +1,130 @@
+"""Latency benchmark: no-change deploys of keel, Ansible (pipelining) and pyinfra over a delaying relay.
+
+One fresh lab host (its own lab, ``--lab``/``--subnet``) is converged by keel; Ansible and pyinfra
+take it over once (their own markers); then, for each one-way delay, every
+tool's no-change run goes through the same :class:`relay.Relay` (user space,
+both directions), which also counts the round trips each tool waited for
+(SSH handshake included). keel's own ``--stats`` round trips and the fab
+process's CPU seconds and peak RSS (``getrusage``) are recorded too. Writes the
+"Latency" section data to ``docs/bench/latency.json`` and a plot
+``docs/bench/provision-latency.png``; ``docs/bench/provision.md`` quotes them.
+
+    .venv/bin/python bench/latency.py [--delays-ms 0,10,25,50] [--runs 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import benchlib as bl
+import provision as pv
+import yaml
+from benchlib import log
+from relay import Relay
+
+TOOLS = [pv.KEEL, pv.ANS_PIPE, pv.PYINFRA]
+
+
+def keel_nochange(bench: pv.Bench, label: str) -> tuple[float, float, int, int]:
+    """(wall s, CPU s, peak RSS KiB, --stats round trips) of one no-change ``fab deploy``.
+
+    CPU (user + sys) and peak RSS are the fab process's own (getrusage, through
+    GNU time), start-up included.
+    """
+    js, usage = bench.work / "keel.json", bench.work / "keel.rusage"
+    cmd = ["/usr/bin/time", "-o", str(usage), "-f", "%U %S %M", sys.executable, "-m", "fabric",
+           "deploy", "--inventory", str(bench.inv), "--extra-vars", pv.LOGIN, "--stats",
+           "--json", str(js)]
+    took = bl.timed(cmd, log_path=bench.logs / f"keel-{label}.log")
+    user, system, rss = usage.read_text().split()[-3:]
+    host = next(iter(json.loads(js.read_text())["hosts"].values()))
+    if host["changed"]:
+        log(f"WARNING: keel no-change run {label} changed {host['changed']}")
+    return took, float(user) + float(system), int(rss), host["round_trips"]
+
+
+def relayed_inventory(bench: pv.Bench, relay: Relay, path: Path) -> None:
+    """The bench inventory with the host behind ``relay`` (and a known_hosts line for it)."""
+    inv = yaml.safe_load(bench.inv.read_text())
+    hosts = inv["all"]["children"]["app"]["hosts"]
+    name, host = next(iter(hosts.items()))
+    known = [ln for ln in Path(bench.lab.known_hosts).read_text().splitlines()
+             if ln.split(" ", 1)[0] == host["ansible_host"]]
+    kh = path.parent / "known_hosts_relay"
+    kh.write_text("".join(f"[127.0.0.1]:{relay.port} {ln.split(' ', 1)[1]}\n" for ln in known))
+    relayed = copy.deepcopy(inv)
+    relayed["all"]["children"]["app"]["hosts"][name] = {
+        **host, "ansible_host": "127.0.0.1", "ansible_port": relay.port,
+        "ansible_ssh_common_args": f"-o UserKnownHostsFile={kh} -o StrictHostKeyChecking=yes"}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    link = path.parent / "group_vars"
+    if not link.exists():
+        link.symlink_to(bench.inv.parent / "group_vars")
+    path.write_text(yaml.safe_dump(relayed))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--delays-ms", default="0,10,25,50", help="one-way delays")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--lab", default="krtb", help="lab name (not another bench's)")
+    parser.add_argument("--subnet", default="10.83.17.0/24")
+    args = parser.parse_args()
+    bl.LAB_NAME, bl.LAB_SUBNET = args.lab, args.subnet
+    delays = [float(d) / 1000 for d in args.delays_ms.split(",")]
+    bins = {"ansible": bl.ensure_venv("ansible"), "pyinfra": bl.ensure_venv("pyinfra")}
+    work = bl.WORK / f"latency-{args.lab}"
+    work.mkdir(parents=True, exist_ok=True)
+    samples: dict[str, Any] = {"wall": {}, "turns": {}, "keel_rt": {}, "keel_cpu": {},
+                               "keel_rss_kib": {}, "load": []}
+    with bl.lab_session() as lab:
+        bench = pv.Bench(lab, bins, work)
+        bl.fresh_hosts(lab, 1, bench.inv)
+        bench.prepare_vars()
+        bench.run(pv.KEEL, 1, "fresh")
+        bench.run(pv.KEEL, 1, "nochange-trace")  # leaves the probe trace a no-change run reads
+        for tool in TOOLS[1:]:
+            bench.run(tool, 1, "takeover")
+        direct_inv = bench.inv
+        for delay in delays:
+            key = f"{delay * 2000:g}"  # RTT in ms
+            with Relay((lab.hosts()[0].address, 22), delay) as relay:
+                bench.inv = work / "inv-relay" / "lab.yml"
+                relayed_inventory(bench, relay, bench.inv)
+                samples["load"].append(bl.load_now())
+                for _ in range(args.runs):
+                    for tool in TOOLS:
+                        relay.reset()
+                        if tool == pv.KEEL:
+                            took, cpu, rss, rt = keel_nochange(bench, f"nochange-rtt{key}")
+                            samples["keel_cpu"].setdefault(key, []).append(cpu)
+                            samples["keel_rss_kib"].setdefault(key, []).append(rss)
+                            samples["keel_rt"].setdefault(key, []).append(rt)
+                        else:
+                            took = bench.run(tool, 1, f"nochange-rtt{key}")
+                        turns, _ = relay.reset()
+                        samples["wall"].setdefault(key, {}).setdefault(tool, []).append(took)
+                        samples["turns"].setdefault(key, {}).setdefault(tool, []).append(turns)
+                        log(f"  RTT {key} ms {tool}: {took:.2f} s, {turns} round trips")
+            bench.inv = direct_inv
+    out = {"delays_ms_one_way": [d * 1000 for d in delays], "runs": args.runs,
+           "machine": bl.machine_info(), "versions": bl.tool_versions(bins), **samples}
+    bl.save_json(bl.DOCS / "latency.json", out)
+    rtts = list(samples["wall"])
+    bl.plot({"kind": "line", "title": "no-change deploy, 1 host, wall time vs round-trip time",
+             "xlabel": "RTT (ms)", "ylabel": "seconds (median)", "x": rtts,
+             "series": {t: [bl.median(samples["wall"][k][t]) for k in rtts] for t in TOOLS}},
+            bl.DOCS / "provision-latency.png")
+    for k in rtts:
+        row = {t: f"{bl.median(samples['wall'][k][t]):.2f}s/{bl.median(samples['turns'][k][t]):.0f}rt"
+               for t in TOOLS}
+        print(k, json.dumps(row))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
