@@ -48,23 +48,26 @@ def keel_nochange(bench: pv.Bench, label: str) -> tuple[float, float, int, int]:
     return took, float(user) + float(system), int(rss), host["round_trips"]
 
 
-def relayed_inventory(bench: pv.Bench, relay: Relay, path: Path) -> None:
-    """The bench inventory with the host behind ``relay`` (and a known_hosts line for it)."""
-    inv = yaml.safe_load(bench.inv.read_text())
+def relayed_inventory(bench: pv.Bench, direct: Path, relay: Relay, path: Path) -> None:
+    """The inventory ``direct`` with its host behind ``relay`` (and a known_hosts line for it)."""
+    inv = yaml.safe_load(direct.read_text())
     hosts = inv["all"]["children"]["app"]["hosts"]
     name, host = next(iter(hosts.items()))
     known = [ln for ln in Path(bench.lab.known_hosts).read_text().splitlines()
              if ln.split(" ", 1)[0] == host["ansible_host"]]
+    path.parent.mkdir(parents=True, exist_ok=True)
     kh = path.parent / "known_hosts_relay"
-    kh.write_text("".join(f"[127.0.0.1]:{relay.port} {ln.split(' ', 1)[1]}\n" for ln in known))
+    lines = "".join(f"[127.0.0.1]:{relay.port} {ln.split(' ', 1)[1]}\n" for ln in known)
+    kh.write_text(lines)
+    with Path(bench.lab.known_hosts).open("a") as fh:  # pyinfra's inventory names the lab's file
+        fh.write(lines)
     relayed = copy.deepcopy(inv)
     relayed["all"]["children"]["app"]["hosts"][name] = {
         **host, "ansible_host": "127.0.0.1", "ansible_port": relay.port,
         "ansible_ssh_common_args": f"-o UserKnownHostsFile={kh} -o StrictHostKeyChecking=yes"}
-    path.parent.mkdir(parents=True, exist_ok=True)
     link = path.parent / "group_vars"
     if not link.exists():
-        link.symlink_to(bench.inv.parent / "group_vars")
+        link.symlink_to(direct.parent / "group_vars")
     path.write_text(yaml.safe_dump(relayed))
 
 
@@ -95,7 +98,7 @@ def main() -> None:
             key = f"{delay * 2000:g}"  # RTT in ms
             with Relay((lab.hosts()[0].address, 22), delay) as relay:
                 bench.inv = work / "inv-relay" / "lab.yml"
-                relayed_inventory(bench, relay, bench.inv)
+                relayed_inventory(bench, direct_inv, relay, bench.inv)
                 samples["load"].append(bl.load_now())
                 for _ in range(args.runs):
                     for tool in TOOLS:
