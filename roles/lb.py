@@ -86,7 +86,7 @@ DEFAULTS: dict[str, Any] = {
     "lb_tls_hsts": 0,
 }
 
-HANDLERS = {"reload nginx": nginx.HANDLERS["reload nginx"]}
+HANDLERS = {name: nginx.HANDLERS[name] for name in ("restart nginx", "reload nginx")}
 
 
 def is_balancer(spec: HostSpec) -> bool:
@@ -179,6 +179,7 @@ def apply(host: Host) -> None:
     v = host.vars
     check_returning(host)
     apt.packages(host, v["nginx_packages"])
+    nginx.harden(host)
     if v["nginx_disable_default_site"]:
         files.absent(host, "/etc/nginx/sites-enabled/default", notify="reload nginx")
     pem = tls_files(host)

@@ -4,6 +4,11 @@ A site is validated before it can go live: the candidate file is checked with
 ``nginx -t`` inside a copy of the whole configuration in which it replaces the
 live one, so a failing config is never written, never linked, never reloaded.
 nginx is reloaded (never restarted), and only when something changed.
+
+The distribution's ``nginx.service`` gets a sandbox through a drop-in
+(``templates/nginx-hardening.conf.j2``). Only a changed drop-in restarts nginx
+(systemd applies a sandbox at start); if nginx then fails to start, the
+drop-in is set aside, nginx is started as it was, and the run fails saying so.
 """
 
 from __future__ import annotations
@@ -20,10 +25,27 @@ DEFAULTS: dict[str, Any] = {
     "nginx_packages": ["nginx"],
     # Debian's own site; disabled so only our apps answer.
     "nginx_disable_default_site": True,
+    # Sandbox nginx.service with templates/nginx-hardening.conf.j2 (exposure 9.6 -> 2.5).
+    "nginx_hardening": True,
 }
 
+HARDENING_DROPIN = "/etc/systemd/system/nginx.service.d/10-keel-hardening.conf"
+
+# Restart under the new drop-in; if nginx cannot start with it, put it aside
+# (.failed), start nginx as it was and fail with the journal's last word.
+_RESTART = (
+    "systemctl daemon-reload; if ! systemctl restart nginx 2>/dev/null; then"
+    " why=$(journalctl -u nginx -n 1 -o cat --no-pager 2>/dev/null);"
+    f" mv -f {HARDENING_DROPIN} {HARDENING_DROPIN}.failed; systemctl daemon-reload;"
+    " systemctl restart nginx;"
+    ' echo "nginx did not start with the hardening drop-in, which was set aside'
+    f' ({HARDENING_DROPIN}.failed): $why" >&2; exit 1; fi'
+)
+
 HANDLERS = {
-    "reload nginx": lambda host: server.command(
+    "restart nginx": lambda host: server.command(host, _RESTART, name="restart nginx (sandbox)"),
+    # A restart has already loaded the new configuration.
+    "reload nginx": lambda host: None if "restart nginx" in host.handled else server.command(
         host, "nginx -t -q && systemctl reload nginx", name="nginx -t && reload"),
 }
 
@@ -64,8 +86,18 @@ def preflight(host: Host) -> None:
                 | {int(app["tls_listen"]) for app in apps.resolve(host) if app["tls"]})
 
 
+def harden(host: Host) -> None:
+    """The sandbox drop-in for nginx.service, or none if ``nginx_hardening`` is off."""
+    if host.vars["nginx_hardening"]:
+        files.directory(host, HARDENING_DROPIN.rsplit("/", 1)[0], mode="0755")
+        files.template(host, "nginx-hardening.conf.j2", HARDENING_DROPIN, notify="restart nginx")
+    else:
+        files.absent(host, HARDENING_DROPIN, notify="restart nginx")
+
+
 def apply(host: Host) -> None:
     apt.packages(host, host.vars["nginx_packages"])
+    harden(host)
     if host.vars["nginx_disable_default_site"]:
         files.absent(host, "/etc/nginx/sites-enabled/default", notify="reload nginx")
     for app in apps.resolve(host):

@@ -61,7 +61,7 @@ def apply(host: Host) -> None:
     nginx_group = host.vars["nginx_group"]
     for app in apps.resolve(host):
         restart_socket, restart, reload = names = _handler_names(app)
-        # Readable by the app user: the master re-reads it on reload, after the uid drop.
+        # Readable by the app user: the master, running as that user, reads it (and re-reads it on reload).
         # A changed ini needs only a graceful reload (SIGHUP: the master re-execs).
         files.template(host, "uwsgi.ini.j2", app["ini_path"], owner="root", group=app["group"],
                        mode="0640", app=app, nginx_group=nginx_group, notify=reload)
