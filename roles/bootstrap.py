@@ -2,11 +2,15 @@
 
 Order matters: the deploy user and its key come first, and sshd is hardened
 only after a fresh login as that user (with sudo) has worked, so nobody is
-locked out. If that login fails, the run stops and sshd stays as it was.
+locked out. If that login fails, the run stops and sshd stays as it was. The
+hardened sshd is then proven by another fresh login before it stays; if that
+fails, the previous settings are restored. Only then is the initial login user
+(the one this run came in as) locked out of SSH and sudo (``initial_user: lock``).
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +35,29 @@ DEFAULTS: dict[str, Any] = {
     "set_hostname": True,
     # Restrict SSH logins to these users (empty: no restriction).
     "ssh_allow_users": [],
+    # Only members of these groups may log in over SSH; empty: the deploy user's
+    # own group (plus the initial user's with initial_user: keep).
+    "ssh_allow_groups": [],
+    # MaxStartups: refuse new unauthenticated connections at random from the
+    # first number on (30 % of them), all of them from the third.
+    "ssh_max_startups": "10:30:60",
+    # nftables: drop new SSH connections from a source beyond this rate ("" = no limit).
+    "ssh_rate_limit": "60/minute",
+    "ssh_rate_burst": 30,
+    "ssh_port": 22,
+    # The image's initial login user (the one bootstrap logs in as, e.g. debian,
+    # admin, ubuntu), once the deploy user is proven: "lock" removes its sudo
+    # rights and SSH access, "keep" leaves it as it is.
+    "initial_user": "lock",
 }
+
+SSHD_CONF = "/etc/ssh/sshd_config.d/10-keel.conf"
+# Key exchanges in order of preference; each is used only if the host's OpenSSH knows it.
+KEX_PREFERENCE = ["mlkem768x25519-sha256", "sntrup761x25519-sha512",
+                  "sntrup761x25519-sha512@openssh.com", "curve25519-sha256",
+                  "curve25519-sha256@libssh.org"]
+# ssh-audit fails RSA host keys below this size.
+MIN_RSA_BITS = 3072
 
 HANDLERS = {
     "reload sshd": lambda host: systemd.reload(host, "ssh"),
@@ -77,11 +103,93 @@ def apply(host: Host) -> None:
                    validate="nft -c -f %s", notify="reload firewall")
     systemd.service(host, "nftables", enabled=True, running=True)
 
-    hardening = ("sshd-hardening.conf.j2", "/etc/ssh/sshd_config.d/10-keel.conf")
-    if not host.check and host.would_change(files.template, *hardening):
-        reason = host.login_check(user)
-        if reason:
-            raise HostError(host.name, f"login as {user} failed ({reason}); "
-                                       "sshd left unhardened")
-    files.template(host, *hardening, validate="sshd -t -f %s", notify="reload sshd")
+    _harden_sshd(host, user)
+    if _initial_user(host) and v["initial_user"] == "lock":
+        lock_initial_user(host, _initial_user(host))
+
+
+def _initial_user(host: Host) -> str | None:
+    """The user this run logged in as, unless it is root or the deploy user."""
+    login = host.spec.user
+    return None if login in (None, "root", host.vars["deploy_user"]) else login
+
+
+def _sshd_settings(host: Host) -> dict[str, Any]:
+    """What the sshd template needs from the host: known key exchanges, a strong RSA key."""
+    res = host.run("ssh -Q kex; echo --; f=/etc/ssh/ssh_host_rsa_key.pub;"
+                   " [ -e $f ] && ssh-keygen -lf $f | cut -d' ' -f1 || true")
+    known, _, rsa_bits = res.out.partition("--")
+    kex = [k for k in KEX_PREFERENCE if k in known.split()]
+    if not kex:
+        raise HostError(host.name, "this OpenSSH knows no curve25519 key exchange; "
+                                   "sshd left unhardened")
+    v = host.vars
+    groups = list(v["ssh_allow_groups"]) or [v["deploy_user"]]
+    initial = _initial_user(host)
+    if not v["ssh_allow_groups"] and initial and v["initial_user"] == "keep":
+        groups.append(initial)
+    deny = [initial] if initial and v["initial_user"] == "lock" else []
+    return {"ssh_kex_algorithms": kex, "ssh_rsa_host_key": int(rsa_bits.strip() or 0) >= MIN_RSA_BITS,
+            "ssh_allow_groups": groups, "ssh_deny_users": deny}
+
+
+def _harden_sshd(host: Host, user: str) -> None:
+    """The sshd drop-in, kept only if a fresh login as ``user`` works with it."""
+    server.command(host, "ssh-keygen -q -t ed25519 -N '' -f /etc/ssh/ssh_host_ed25519_key",
+                   creates="/etc/ssh/ssh_host_ed25519_key")
+    settings = _sshd_settings(host)
+    hardening = ("sshd-hardening.conf.j2", SSHD_CONF)
+    if host.check or not host.would_change(files.template, *hardening, **settings):
+        files.template(host, *hardening, validate="sshd -t -f %s", **settings)
+        systemd.service(host, "ssh", enabled=True, running=True)
+        return
+    reason = host.login_check(user)
+    if reason:
+        raise HostError(host.name, f"login as {user} failed ({reason}); sshd left unhardened")
+    prev = f"{SSHD_CONF}.keel-prev"
+    server.command(host, f"rm -f {prev}; [ ! -e {SSHD_CONF} ] || cp -p {SSHD_CONF} {prev}",
+                   name="keep the previous sshd settings")
+    files.template(host, *hardening, validate="sshd -t -f %s", **settings)
     systemd.service(host, "ssh", enabled=True, running=True)
+    systemd.reload(host, "ssh")
+    reason = _fresh_login(host, user)
+    if reason:
+        server.command(host, f"if [ -e {prev} ]; then mv -f {prev} {SSHD_CONF};"
+                             f" else rm -f {SSHD_CONF}; fi; systemctl reload ssh",
+                       name="restore the previous sshd settings")
+        raise HostError(host.name, f"a fresh login as {user} failed with the hardened sshd "
+                                   f"({reason}); previous sshd settings restored")
+    server.command(host, f"rm -f {prev}", name="drop the previous sshd settings")
+
+
+def _fresh_login(host: Host, user: str, timeout: float = 10.0) -> str | None:
+    """``host.login_check(user)`` once the reloaded sshd listens again (a reload
+    re-executes sshd, which closes its listening socket for a moment)."""
+    port = int(host.vars["ssh_port"])
+    host.run(f"for i in $(seq 100); do ss -ltnH 'sport = :{port}' | grep -q . && exit 0;"
+             " sleep 0.1; done; exit 1")
+    deadline = time.monotonic() + timeout
+    while True:
+        reason = host.login_check(user)
+        if reason is None or "unreachable" not in reason or time.monotonic() > deadline:
+            return reason
+        time.sleep(0.2)
+
+
+def lock_initial_user(host: Host, login: str) -> None:
+    """Take sudo from ``login`` (group sudo, its lines in /etc/sudoers.d); sshd denies it."""
+    # Lines granting it in sudoers.d (cloud-init's 90-cloud-init-users) go; a
+    # file left empty goes too. visudo checks the result, else it is put back.
+    script = (
+        f"u={login}; gpasswd -d \"$u\" sudo >/dev/null 2>&1 || true;"
+        " for f in /etc/sudoers.d/*; do grep -qs \"^$u[[:space:]]\" \"$f\" || continue;"
+        " cp -p \"$f\" \"$f.keel-prev\"; sed -i \"/^$u[[:space:]]/d\" \"$f\";"
+        " if ! visudo -cq; then mv -f \"$f.keel-prev\" \"$f\"; echo \"$f: visudo failed\" >&2; exit 1; fi;"
+        " rm -f \"$f.keel-prev\"; grep -q '[^[:space:]]' \"$f\" || rm -f \"$f\"; done"
+    )
+    unless = (f"! id -nG {login} 2>/dev/null | grep -qw sudo"
+              f" && ! grep -qs '^{login}[[:space:]]' /etc/sudoers.d/*")
+    res = server.command(host, script, unless=unless, name=f"lock the initial user {login}")
+    if res.changed:
+        host.say(f"initial user {login}: sudo rights and SSH access removed "
+                 f"(initial_user: lock); log in as {host.vars['deploy_user']}")

@@ -12,6 +12,8 @@ from typing import Any
 from invoke import Exit
 
 from keel import cli
+from keel.connection import Connection
+from keel.errors import HostError
 from keel.inventory import HostSpec
 from keel.rolling import Rotation, Stage
 from keel.runner import Play
@@ -27,12 +29,27 @@ def login(spec: HostSpec) -> str:
     return spec.vars.get("deploy_user", bootstrap.DEFAULTS["deploy_user"])
 
 
+def bootstrap_login(spec: HostSpec) -> str | None:
+    """The initial user (``ansible_user``), unless bootstrap has already locked it out:
+    then the deploy user, found by trying it first (one extra SSH login per bootstrap).
+    """
+    deploy = login(spec)
+    if spec.user in (None, "root", deploy) or spec.vars.get(
+            "initial_user", bootstrap.DEFAULTS["initial_user"]) != "lock":
+        return None
+    try:
+        Connection.open(spec, user=deploy).close()
+    except HostError:
+        return None  # a fresh host: the initial user it is
+    return deploy
+
+
 def is_app_host(spec: HostSpec) -> bool:
     return not lb.is_balancer(spec)
 
 
 def bootstrap_play() -> Play:
-    return Play("bootstrap", [bootstrap], TEMPLATES)
+    return Play("bootstrap", [bootstrap], TEMPLATES, login=bootstrap_login)
 
 
 def app_play(name: str = "deploy") -> Play:
