@@ -3,7 +3,9 @@
 One round trip per host: a python3 script on the host reads the state of each
 app's unit and of nginx, the release ``/srv/<app>/current`` points to, and
 each app's stats socket (``/run/<app>/stats.sock``, JSON), and returns only
-the fields shown, with the host's monotonic clock. On a load balancer it
+the fields shown, with the host's monotonic clock. It also reports a reboot
+that updates asked for (``/run/reboot-required``, written by Debian's
+packages; unattended-upgrades never reboots: keel leaves that to the user). On a load balancer it
 reads the upstream instead: which app hosts are up and which are ``down``.
 
 The columns are uwsgitop's, summed over an app's workers:
@@ -70,7 +72,12 @@ samples = [sample()]
 if spec["gap"] > 0:
     time.sleep(spec["gap"])
     samples.append(sample())
-out = {"nginx": states[-1], "apps": {}, "backends": []}
+out = {"nginx": states[-1], "apps": {}, "backends": [], "reboot": None}
+if os.path.exists("/run/reboot-required"):
+    try:
+        out["reboot"] = sorted(set(open("/run/reboot-required.pkgs").read().split()))
+    except OSError:
+        out["reboot"] = []
 for a, state in zip(spec["apps"], states):
     try:
         release = os.readlink(a["current"]).rsplit("/", 1)[-1]
@@ -119,6 +126,8 @@ class HostStatus:
     apps: list[AppStatus] = field(default_factory=list)
     #: On a load balancer: its upstream, ``{"name", "address", "down"}`` per app host.
     backends: list[dict[str, Any]] = field(default_factory=list)
+    #: None, or the packages that asked for a reboot (/run/reboot-required[.pkgs]).
+    reboot: list[str] | None = None
     error: str = ""
 
 
@@ -131,6 +140,7 @@ class Report:
     def to_dict(self) -> dict[str, Any]:
         return {"rps_method": self.rps_method, "hosts": {
             h.host: {"nginx": h.nginx, "error": h.error, "backends": h.backends,
+                     "reboot_required": h.reboot is not None, "reboot_packages": h.reboot or [],
                      "apps": {a.app: {k: v for k, v in asdict(a).items() if k not in ("host", "app")}
                               for a in h.apps}}
             for h in self.hosts}}
@@ -214,7 +224,8 @@ class Collector:
             if isinstance(value, KeelError):
                 out.append(HostStatus(name, error=str(value)))
                 continue
-            hs = HostStatus(name, nginx=value["nginx"], backends=value["backends"])
+            hs = HostStatus(name, nginx=value["nginx"], backends=value["backends"],
+                            reboot=value.get("reboot"))
             for app, data in value["apps"].items():
                 hs.apps.append(summarize(name, app, data, value["nginx"], self._last.get((name, app))))
                 if data["samples"] and "error" not in data["samples"][-1]:
@@ -267,6 +278,9 @@ def table(report: Report) -> Group:
                       _num(a.rss_mib), _num(a.respawns), _num(a.exceptions), _state(a.nginx))
         if not h.apps and not h.backends:
             t.add_row(h.host, "", "", "", *[""] * (len(COLUMNS) - 5), _state(h.nginx))
+        if h.reboot is not None:
+            pkgs = f" (for {', '.join(h.reboot)})" if h.reboot else ""
+            problems.append(Text(f"{h.host}: reboot required{pkgs}", style="yellow"))
     note = Text(f"RPS: {report.rps_method}; workers: running/configured (cheaper)", style="dim")
     return Group(t, *problems, note)
 

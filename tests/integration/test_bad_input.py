@@ -223,7 +223,7 @@ def test_bad_input(case: Case, test_lab: TestLab, deployed: HostSpec, tmp_path: 
     ctx = Ctx(test_lab, deployed, tmp_path)
     before = _version(deployed)
     assert before[0] == 200
-    admin = Connection.open(deployed)
+    admin = Connection.open(deployed, user="deploy")
     try:
         if case.setup:
             case.setup(ctx, admin)

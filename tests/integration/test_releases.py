@@ -221,13 +221,19 @@ def test_dropped_ssh_connection(test_lab: TestLab, deployed: HostSpec, variant: 
          str(test_lab.inventory_path), "--extra-vars",
          variant.extra(pre_start=["python -m hello.migrate", "sleep 5"])],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    killer = Connection.open(deployed)  # logs in as debian, so it survives the kill
+    killer = Connection.open(deployed, user="deploy")
     try:
         # Wait until the deploy is inside its slow pre_start command, then cut it off.
         waited = killer.run("for i in $(seq 200); do pgrep -x sleep -u hello >/dev/null && exit 0; "
                             "sleep 0.1; done; exit 1")
         assert waited.ok, "the deploy never reached its pre_start command"
-        killer.run("pkill -KILL -f '^sshd: deploy' || true")
+        # Only the deploy's own session: the sshd process above its pre_start command
+        # (the killer's session is another "sshd: deploy").
+        killed = killer.run(
+            "p=$(pgrep -x sleep -u hello | head -n 1); while [ -n \"$p\" ] && [ \"$p\" != 1 ]; do"
+            " case \"$(ps -o args= -p \"$p\")\" in 'sshd: deploy'*) kill -KILL \"$p\"; exit 0;; esac;"
+            " p=$(ps -o ppid= -p \"$p\" | tr -d ' '); done; exit 1")
+        assert killed.ok, "no sshd session above the deploy's pre_start command"
     finally:
         killer.close()
     out, _ = proc.communicate(timeout=60)
@@ -308,7 +314,7 @@ def test_reboot_comes_back_by_itself(test_lab: TestLab, deployed: HostSpec) -> N
 def test_disk_full_during_deploy(test_lab: TestLab, deployed: HostSpec, variant: Variant) -> None:
     old = _version(deployed)
     variant.change()
-    conn = Connection.open(deployed)
+    conn = Connection.open(deployed, user="deploy")
     # A full filesystem under releases/: a small tmpfs holding a copy of what is there.
     fill = ("mkdir -p /run/keel-full && mount -t tmpfs -o size=4m tmpfs /run/keel-full && "
             "cp -a /srv/hello/releases/. /run/keel-full/ && "

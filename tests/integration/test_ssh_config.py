@@ -16,9 +16,9 @@ BLOCK_TABLE = "kt_block"
 
 
 @pytest.fixture
-def lab_pair(test_lab: TestLab) -> tuple[HostSpec, HostSpec]:
-    jump, target = test_lab.hosts(2)
-    return jump, target
+def lab_pair(test_lab: TestLab, deployed: HostSpec) -> tuple[HostSpec, HostSpec]:
+    """(the jump host: lab1, bootstrapped, so only its deploy user may log in; the target: lab2)."""
+    return deployed, test_lab.host("lab2")
 
 
 @pytest.fixture
@@ -42,7 +42,7 @@ def test_ssh_config_identityfile_and_proxyjump(lab_pair, direct_route_blocked,
     (home / ".ssh" / "config").write_text(
         f"Host target-via-jump\n  HostName {target.address}\n  User debian\n"
         f"  IdentityFile {target.key_file}\n  ProxyJump jumphost\n\n"
-        f"Host jumphost\n  HostName {jump.address}\n  User debian\n  IdentityFile {jump.key_file}\n")
+        f"Host jumphost\n  HostName {jump.address}\n  User deploy\n  IdentityFile {jump.key_file}\n")
     # Only names: everything else comes from ~/.ssh/config.
     inventory = tmp_path / "hosts.ini"
     inventory.write_text(f"[app]\ntarget-via-jump\ndirect ansible_host={target.address} "

@@ -1,0 +1,131 @@
+"""The measured standards of docs/security.md, on the shared deployed host (lab1).
+
+systemd-analyze rates the app and nginx units, ssh-audit (pinned, test-only)
+rates sshd, and the hardened nginx is shown to serve, reload under load and
+reopen its logs. The initial login user is locked out once bootstrap is done.
+None of these tests changes lab1 for the others.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from keel.connection import Connection
+from keel.errors import HostError
+from keel.inventory import HostSpec
+from tests.conftest import TestLab, fab
+from tests.integration.conftest import _version
+from tests.load import Load
+
+MAX_APP_EXPOSURE = 1.5
+MAX_NGINX_EXPOSURE = 3.5
+SSH_AUDIT = Path(sys.executable).parent / "ssh-audit"
+
+
+@pytest.fixture(scope="module")
+def root(deployed: HostSpec) -> Iterator[Connection]:
+    conn = Connection.open(deployed, user="deploy")
+    yield conn
+    conn.close()
+
+
+def _run(conn: Connection, script: str) -> str:
+    res = conn.run(script)
+    assert res.ok, f"{script}: {res.err}"
+    return res.out
+
+
+def _exposure(conn: Connection, unit: str) -> float:
+    last = _run(conn, f"systemd-analyze security {unit} | tail -n 1")
+    return float(last.split(":")[1].split()[0])
+
+
+def test_units_exposure(root: Connection) -> None:
+    app, nginx = _exposure(root, "hello.service"), _exposure(root, "nginx.service")
+    assert app <= MAX_APP_EXPOSURE, f"hello.service exposure {app}"
+    assert nginx <= MAX_NGINX_EXPOSURE, f"nginx.service exposure {nginx}"
+
+
+def test_ssh_audit_reports_no_fail(deployed: HostSpec) -> None:
+    proc = subprocess.run([str(SSH_AUDIT), "-j", "-p", str(deployed.port or 22), deployed.address],
+                          capture_output=True, text=True, timeout=60)
+    report = json.loads(proc.stdout)
+    fails = [f"{kind} {alg['algorithm']}: {alg['notes']['fail']}"
+             for kind in ("kex", "key", "enc", "mac") for alg in report.get(kind, [])
+             if alg.get("notes", {}).get("fail")]
+    fails += [f"CVE {cve.get('name')}" for cve in report.get("cves", [])]
+    assert not fails, fails
+    kex = {alg["algorithm"] for alg in report["kex"]}
+    assert kex <= {"mlkem768x25519-sha256", "sntrup761x25519-sha512",
+                   "sntrup761x25519-sha512@openssh.com", "curve25519-sha256",
+                   "curve25519-sha256@libssh.org"} | {k for k in kex if k.startswith("kex-strict")}
+
+
+def test_new_ssh_connections_are_rate_limited(test_lab: TestLab, deployed: HostSpec) -> None:
+    """From lab2 (so the controller's own budget stays whole): beyond the burst
+    (30), new connections to port 22 are dropped."""
+    lab2 = Connection.open(test_lab.host("lab2"))
+    try:
+        out = _run(lab2, f"ok=0; for i in $(seq 45); do timeout 0.5 bash -c "
+                         f"'exec 3<>/dev/tcp/{deployed.address}/22' 2>/dev/null && ok=$((ok+1));"
+                         " done; echo $ok")
+    finally:
+        lab2.close()
+    accepted = int(out.strip())
+    assert 30 <= accepted < 45, f"{accepted} of 45 quick connections accepted"
+
+
+def test_initial_user_is_locked(deployed: HostSpec, root: Connection) -> None:
+    with pytest.raises(HostError, match="authentication failed for debian@"):
+        Connection.open(deployed).close()
+    assert "sudo" not in _run(root, "id -nG debian").split()
+    assert _run(root, "sudo -l -U debian || true").strip().endswith("not allowed to run sudo on lab1.")
+
+
+def test_hardened_nginx_reloads_under_load(deployed: HostSpec, root: Connection) -> None:
+    master = _run(root, "systemctl show -p MainPID --value nginx").strip()
+    workers = set(_run(root, f"pgrep -P {master}").split())
+    with Load(f"http://{deployed.address}/version", connections=4, max_seconds=30,
+              max_requests=20_000) as load:
+        _run(root, "systemctl reload nginx")
+        deadline = time.monotonic() + 15
+        while set(_run(root, f"pgrep -P {master}").split()) & workers:
+            assert time.monotonic() < deadline, "old nginx workers still running"
+            time.sleep(0.2)
+    assert load.result is not None and load.result.errors == 0, load.result
+    assert _run(root, "systemctl show -p MainPID --value nginx").strip() == master
+
+
+def test_hardened_nginx_reopens_its_logs(deployed: HostSpec, root: Connection) -> None:
+    """What logrotate's postrotate does (SIGUSR1): the master opens new files, as root."""
+    _run(root, "cd /var/log/nginx && mv access.log access.log.keel-test &&"
+               " systemctl kill -s USR1 --kill-whom=main nginx")
+    try:
+        deadline = time.monotonic() + 10
+        while _run(root, "test -e /var/log/nginx/access.log && echo y || true").strip() != "y":
+            assert time.monotonic() < deadline, "nginx did not reopen access.log"
+            time.sleep(0.1)
+        assert _version(deployed)[0] == 200
+        while "GET /version" not in _run(root, "cat /var/log/nginx/access.log"):
+            assert time.monotonic() < deadline, "the new access.log gets no requests"
+            time.sleep(0.1)
+        assert _run(root, "stat -c %U /var/log/nginx/access.log").strip() == "www-data"
+    finally:
+        root.run("cd /var/log/nginx && cat access.log >> access.log.keel-test &&"
+                 " mv access.log.keel-test access.log && systemctl kill -s USR1 --kill-whom=main nginx")
+
+
+def test_second_bootstrap_logs_in_as_deploy(test_lab: TestLab, deployed: HostSpec) -> None:
+    proc = fab("bootstrap", "--limit", "lab1", "--json", "/dev/stdout",
+               inventory=test_lab.inventory_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    doc = json.loads(proc.stdout[proc.stdout.index("{"):proc.stdout.rindex("}") + 1])
+    host = doc["hosts"]["lab1"]
+    assert host["changed"] == 0, [r for r in host["results"] if r["changed"]]
