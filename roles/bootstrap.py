@@ -31,6 +31,9 @@ DEFAULTS: dict[str, Any] = {
     # Inbound TCP ports the firewall allows (SSH, HTTP, HTTPS).
     "firewall_allow_tcp": [22, 80, 443],
     "unattended_upgrades": True,
+    # Add the release's security suite to apt's sources if no source has it yet.
+    "apt_security_updates": True,
+    "apt_security_mirror": "http://security.debian.org/debian-security",
     # Set the hostname to the inventory name.
     "set_hostname": True,
     # Restrict SSH logins to these users (empty: no restriction).
@@ -56,6 +59,9 @@ SSHD_CONF = "/etc/ssh/sshd_config.d/10-keel.conf"
 KEX_PREFERENCE = ["mlkem768x25519-sha256", "sntrup761x25519-sha512",
                   "sntrup761x25519-sha512@openssh.com", "curve25519-sha256",
                   "curve25519-sha256@libssh.org"]
+# Releases whose apt sources are still one-line .list files; later ones use deb822.
+ONE_LINE_SOURCES = ("buster", "bullseye", "bookworm")
+SECURITY_SOURCES = "/etc/apt/sources.list.d/keel-security"
 # ssh-audit fails RSA host keys below this size.
 MIN_RSA_BITS = 3072
 
@@ -80,7 +86,8 @@ def _deploy_key(host: Host) -> str:
 
 def apply(host: Host) -> None:
     v = host.vars
-    apt.update(host, cache_valid_time=v["apt_cache_valid_time"])
+    added = v["apt_security_updates"] and security_sources(host)
+    apt.update(host, cache_valid_time=0 if added else v["apt_cache_valid_time"])
     apt.packages(host, v["base_packages"], cache_valid_time=v["apt_cache_valid_time"])
     if v["set_hostname"]:
         server.hostname(host, host.name)
@@ -93,6 +100,7 @@ def apply(host: Host) -> None:
                mode="0440", validate="visudo -cqf %s")
 
     files.template(host, "auto-upgrades.j2", "/etc/apt/apt.conf.d/20auto-upgrades")
+    files.template(host, "unattended-upgrades.j2", "/etc/apt/apt.conf.d/52keel-unattended-upgrades")
     systemd.service(host, "unattended-upgrades", enabled=v["unattended_upgrades"],
                     running=v["unattended_upgrades"])
     # timesyncd is enabled; systemd itself skips it in containers, where the
@@ -106,6 +114,28 @@ def apply(host: Host) -> None:
     _harden_sshd(host, user)
     if _initial_user(host) and v["initial_user"] == "lock":
         lock_initial_user(host, _initial_user(host))
+
+
+def security_sources(host: Host) -> bool:
+    """The release's security suite in apt's sources (ours only if no other source has it).
+
+    One-line ``keel-security.list`` up to bookworm, deb822 ``keel-security.sources``
+    after (trixie's own sources are deb822). True if it was just added or changed.
+    """
+    codename = host.facts.os_codename
+    if host.facts.os_id != "debian" or not codename:
+        return False
+    suite = f"{codename}-security"
+    res = host.run(
+        f"grep -lsE '^[^#]*[[:space:]]{suite}([[:space:]]|$)' /etc/apt/sources.list"
+        f" /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources"
+        f" | grep -v '^{SECURITY_SOURCES}' || true")
+    ours, other = (".list", ".sources") if codename in ONE_LINE_SOURCES else (".sources", ".list")
+    files.absent(host, SECURITY_SOURCES + other)
+    if res.out.strip():  # the image or the user already has it
+        return files.absent(host, SECURITY_SOURCES + ours).changed
+    return files.template(host, f"apt-security{ours}.j2", SECURITY_SOURCES + ours,
+                          codename=codename, components=["main"]).changed
 
 
 def _initial_user(host: Host) -> str | None:

@@ -172,3 +172,35 @@ def test_nginx_unit_is_hardened(host: Any, expect: dict) -> None:
     print(f"{_who(host)}: nginx.service exposure {score}")
     assert score <= MAX_NGINX_EXPOSURE, (
         f"{_who(host)}: nginx.service exposure is {score}, above {MAX_NGINX_EXPOSURE}")
+
+
+def test_security_updates_arrive(host: Any, expect: dict) -> None:
+    """apt has the release's security suite and unattended-upgrades takes from it."""
+    if not expect.get("apt_security_updates", True):
+        return
+    suite = f"{host.system_info.codename}-security"
+    policy = host.check_output("apt-cache policy")
+    assert f"n={suite},l=Debian-Security" in policy, (
+        f"{_who(host)}: apt has no {suite} source (Debian-Security)")
+    # Its first lines say which origins it allows and which packages it would
+    # take from where; the whole dry run downloads for a minute, so it is
+    # stopped once those lines are there (at most 60 s).
+    out = host.check_output(
+        "f=$(mktemp); unattended-upgrade --dry-run --debug >$f 2>&1 & p=$!;"
+        " for i in $(seq 600); do grep -qE '^(Checking: |No packages found)' $f && break;"
+        " kill -0 $p 2>/dev/null || break; sleep 0.1; done;"
+        # A dry run changes nothing: KILL, as it would finish its current step on TERM.
+        " kill -KILL $p 2>/dev/null; wait $p;"
+        " grep -E '^(Allowed origins are:|Checking: |No packages found)' $f; rm -f $f")
+    allowed = next((ln for ln in out.splitlines() if ln.startswith("Allowed origins")), "")
+    assert "label=Debian-Security" in allowed, (
+        f"{_who(host)}: unattended-upgrade does not take Debian-Security updates: {allowed!r}")
+    checked = [ln for ln in out.splitlines() if ln.startswith("Checking: ")]
+    assert not checked or any("label:'Debian-Security'" in ln for ln in checked), (
+        f"{_who(host)}: unattended-upgrade sees no security update among {len(checked)} "
+        f"packages: {checked[:3]}")
+
+
+def test_reboot_is_not_automatic(host: Any) -> None:
+    cfg = host.check_output("apt-config dump Unattended-Upgrade::Automatic-Reboot")
+    assert '"false"' in cfg or not cfg.strip(), f"{_who(host)}: unattended-upgrades reboots: {cfg}"
