@@ -129,3 +129,18 @@ def test_second_bootstrap_logs_in_as_deploy(test_lab: TestLab, deployed: HostSpe
     doc = json.loads(proc.stdout[proc.stdout.index("{"):proc.stdout.rindex("}") + 1])
     host = doc["hosts"]["lab1"]
     assert host["changed"] == 0, [r for r in host["results"] if r["changed"]]
+
+
+def test_status_reports_a_required_reboot(test_lab: TestLab, root: Connection) -> None:
+    _run(root, "echo linux-image-amd64 > /run/reboot-required.pkgs && touch /run/reboot-required")
+    try:
+        proc = fab("status", "--limit", "lab1", "--json", inventory=test_lab.inventory_path)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        host = json.loads(proc.stdout)["hosts"]["lab1"]
+        assert host["reboot_required"] and host["reboot_packages"] == ["linux-image-amd64"]
+        table = fab("status", "--limit", "lab1", inventory=test_lab.inventory_path).stdout
+        assert "lab1: reboot required (for linux-image-amd64)" in table
+    finally:
+        root.run("rm -f /run/reboot-required /run/reboot-required.pkgs")
+    proc = fab("status", "--limit", "lab1", "--json", inventory=test_lab.inventory_path)
+    assert json.loads(proc.stdout)["hosts"]["lab1"]["reboot_required"] is False
