@@ -11,6 +11,10 @@ Layout on the host for an app called ``hello``::
     /srv/hello/venvs/<key>/          venvs, keyed by requirements + interpreter
     /srv/hello/shared/env            settings (0640 root:hello), read by systemd
     /srv/hello/shared/state/         writable state that survives releases
+    /srv/hello/shared/<path>/        each of shared_paths, linked from every release
+    /srv/hello/snapshots/<new>.from-<old>.tar
+                                     the data (state + shared_paths) as release <old>
+                                     left it, taken before <new>'s setup/pre_start
     /run/hello/uwsgi.sock            the socket nginx talks to
 """
 
@@ -18,7 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from keel.errors import HostError
@@ -38,6 +42,12 @@ APP_DEFAULTS: dict[str, Any] = {
     "server_name": "_",
     "listen": 80,
     "client_max_body_size": "10m",
+    # The path the canary, the deploy's health gate and `fab verify` ask through the
+    # app's first server_name. "" (default): /healthz, or "/" when /healthz is 404.
+    "health_path": "",
+    # The answers that count as healthy: "2xx", "3xx" (a redirect to a login page),
+    # or exact codes ("200 302").
+    "healthy_statuses": "2xx 3xx",
     # Served by nginx directly; relative to the code dir; "" for none.
     "static_url": "/static/",
     "static_dir": "static",
@@ -61,8 +71,20 @@ APP_DEFAULTS: dict[str, Any] = {
     "buffer_size": 32768,
     # Environment for the app, written to shared/env (mode 0640, root:<app>).
     "env": {},
-    # Commands run in the new release, as the app user, before it takes traffic.
+    # Commands run in the new release, as the app user, with its venv and env, before
+    # it takes traffic: on every new release (idempotent migrations, e.g.
+    # "python manage.py migrate --noinput"). The data (state dir and shared_paths)
+    # is snapshotted first and restored exactly if one of them fails.
     "pre_start": [],
+    # Commands run once per app per host, on its first deploy, after the snapshot and
+    # before pre_start (e.g. "flask --app flaskr init-db"). Recorded in
+    # /srv/<app>/shared/.keel-setup-done; run again only by `fab deploy --rerun-setup`.
+    "setup": [],
+    # Writable paths of the release that persist across releases (Capistrano's
+    # linked_dirs): each is a directory /srv/<app>/shared/<path>, owned by the app
+    # user, and <release>/<path> links to it. Never uploaded: a local copy (a dev
+    # database in instance/) stays on the controller. E.g. [instance, media].
+    "shared_paths": [],
     # More uWSGI options for the ini ({"option": value}; a list value repeats the
     # option), and more [Service] directives for the unit ({"MemoryHigh": "400M"}).
     # Both are tested by the canary before the live service gets them: an option
@@ -130,9 +152,11 @@ def _resolve_one(host: Host, entry: dict[str, Any], first: bool) -> dict[str, An
         raise HostError(host.name, f"app {name}: requirements file {req_file} does not exist")
     requirements = req_file.read_text().rstrip("\n") + f"\nuwsgi=={app['uwsgi_version']}\n"
     venv_key = venv_id(requirements, host.facts.python_version)
-    release = release_id(tree_digest(source), venv_key)
+    shared = _shared_paths(host, app)
+    release = release_id(tree_digest(source, tuple(shared)), venv_key)
     _resolve_tls(host, app, project)
     _check_options(host, app)
+    _check_health(host, app)
     static_dir = app["static_dir"]
     if static_dir and not static_dir.startswith("/"):
         static_dir = f"{root}/current/{static_dir}" if (source / static_dir).is_dir() else ""
@@ -150,6 +174,8 @@ def _resolve_one(host: Host, entry: dict[str, Any], first: bool) -> dict[str, An
         unit=f"{name}.service",
         env_file=f"{root}/shared/env",
         state_dir=f"{root}/shared/state",
+        shared_paths=shared,
+        snapshot_dir=f"{root}/snapshots",
         socket=f"/run/{name}/uwsgi.sock",
         stats_socket=f"/run/{name}/stats.sock",
         processes=app["processes"] or max(2, 2 * host.facts.cpu_count),
@@ -157,6 +183,50 @@ def _resolve_one(host: Host, entry: dict[str, Any], first: bool) -> dict[str, An
         default_server=app.get("default_server", first),
     )
     return app
+
+
+def _check_health(host: Host, app: dict[str, Any]) -> None:
+    path, statuses = app["health_path"], str(app["healthy_statuses"]).split()
+    if path and not re.fullmatch(r"/[A-Za-z0-9._~/?=&%+-]*", str(path)):
+        raise HostError(host.name, f"app {app['name']}: health_path {path!r} is not a URL path")
+    if not statuses or not all(re.fullmatch(r"[1-5](xx|[0-9][0-9])", s) for s in statuses):
+        raise HostError(host.name, f"app {app['name']}: healthy_statuses {app['healthy_statuses']!r}"
+                                   " is not a list of codes like '2xx 3xx' or '200 302'")
+
+
+def health_check(app: dict[str, Any]) -> str:
+    """Shell functions for host scripts, given a ``probe PATH`` function there that prints
+    the HTTP status of PATH: ``healthy CODE`` is true for a healthy status; ``health_path``
+    prints the path to ask (by default /healthz, or / when the app answers 404 there).
+
+    >>> print(health_check({"healthy_statuses": "2xx 302", "health_path": "/up"}), end="")
+    healthy() { case "$1" in 2??|302) return 0 ;; esac; return 1; }
+    health_path() { echo /up; }
+    """
+    pattern = "|".join(s.replace("xx", "??") for s in str(app["healthy_statuses"]).split())
+    path = app["health_path"]
+    pick = (f"echo {path}" if path else
+            '[ "$(probe /healthz)" = 404 ] && echo / || echo /healthz')
+    return (f"healthy() {{ case \"$1\" in {pattern}) return 0 ;; esac; return 1; }}\n"
+            f"health_path() {{ {pick}; }}\n")
+
+
+def _shared_paths(host: Host, app: dict[str, Any]) -> list[str]:
+    """``shared_paths`` as clean relative paths; one that leaves the release is refused."""
+    entries = app["shared_paths"]
+    if not isinstance(entries, list):
+        raise HostError(host.name, f"app {app['name']}: shared_paths must be a list, "
+                                   f"not {entries!r}")
+    out = []
+    for entry in entries:
+        path = PurePosixPath(str(entry))
+        if (not path.parts or path.is_absolute() or ".." in path.parts
+                or path.parts[0] in ("env", "env.candidate", "state")
+                or any(part.startswith(".keel") or "\n" in part for part in path.parts)):
+            raise HostError(host.name, f"app {app['name']}: shared_paths: {entry!r} is not a "
+                                       "path inside the release")
+        out.append(path.as_posix())
+    return out
 
 
 def venv_id(requirements: str, python_version: str) -> str:
