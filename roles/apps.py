@@ -298,6 +298,7 @@ def expectations(variables: dict[str, Any]) -> dict[str, Any]:
             "env_file": f"/srv/{name}/shared/env", "server_name": app["server_name"],
             "listen": app["listen"], "tls": bool(app["tls_cert"] and app["tls_key"]),
             "tls_listen": app["tls_listen"], "tls_key_path": f"{TLS_DIR}/{name}.key",
+            "health_path": app["health_path"], "healthy_statuses": app["healthy_statuses"],
         })
     return {
         "apps": out,

@@ -1,0 +1,199 @@
+"""Real framework apps deployed unchanged, with inventory settings only, and their data kept.
+
+The Flask tutorial's flaskr (tests/apps/flaskr) runs on the shared deployed
+host (lab1) beside the example app, under its own server_name: its instance/
+folder is a shared path, its database is created by a run-once ``setup``, and
+each deploy, rollback and failed migration is checked against the posts.
+"""
+
+from __future__ import annotations
+
+import shutil
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from http.cookiejar import CookieJar
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from keel.connection import Connection
+from keel.inventory import HostSpec
+from tests.conftest import ROOT, TestLab, fab
+
+NAME = "flaskr.test"
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+class Browser:
+    """A client with a cookie jar that talks to one server_name on a lab host."""
+
+    def __init__(self, address: str) -> None:
+        self.base = f"http://{address}"
+        self.opener = urllib.request.build_opener(
+            urllib.request.HTTPCookieProcessor(CookieJar()), _NoRedirect())
+
+    def request(self, path: str, form: dict[str, str] | None = None) -> tuple[int, str]:
+        data = urllib.parse.urlencode(form).encode() if form is not None else None
+        req = urllib.request.Request(self.base + path, data=data, headers={"Host": NAME})
+        try:
+            with self.opener.open(req, timeout=10) as resp:
+                return resp.status, resp.read().decode()
+        except urllib.error.HTTPError as err:
+            return err.code, err.read().decode()
+
+
+class Flaskr:
+    """A copy of the fixture app, deployed beside the example app."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.dir = tmp / "flaskr"
+        shutil.copytree(ROOT / "tests" / "apps" / "flaskr", self.dir)
+        # A developer's local instance folder: must never reach the host.
+        (self.dir / "instance").mkdir()
+        (self.dir / "instance" / "flaskr.sqlite").write_text("a local dev database\n")
+
+    def change(self) -> None:
+        with open(self.dir / "flaskr" / "blog.py", "a") as fh:
+            fh.write(f"\n# change {uuid.uuid4().hex}\n")
+
+    def inventory(self, test_lab: TestLab, **overrides: object) -> Path:
+        """The lab's inventory with flaskr beside the example app in group_vars/app.yml."""
+        hello = yaml.safe_load((ROOT / "inventory" / "group_vars" / "app.yml").read_text())["apps"]
+        app = {"name": "flaskr", "source": str(self.dir), "module": "flaskr:create_app()",
+               "server_name": NAME, "shared_paths": ["instance"],
+               "setup": ["flask --app flaskr init-db"], **overrides}
+        inv = self.dir.parent / "inventory"
+        (inv / "group_vars").mkdir(parents=True, exist_ok=True)
+        shutil.copy(test_lab.inventory_path, inv / "lab.yml")
+        (inv / "group_vars" / "app.yml").write_text(yaml.safe_dump({"apps": [*hello, app]}))
+        return inv / "lab.yml"
+
+
+@pytest.fixture(scope="module")
+def flaskr(tmp_path_factory: pytest.TempPathFactory, test_lab: TestLab,
+           deployed: HostSpec) -> Iterator[Flaskr]:
+    app = Flaskr(tmp_path_factory.mktemp("flaskr"))
+    yield app
+    # Leave lab1 with the example app only.
+    conn = Connection.open(deployed)
+    try:
+        conn.run("systemctl disable --now flaskr.service flaskr.socket; "
+                 "rm -f /etc/systemd/system/flaskr.* /etc/nginx/sites-enabled/flaskr "
+                 "/etc/nginx/sites-available/flaskr /etc/uwsgi-apps/flaskr.ini; "
+                 "systemctl daemon-reload; systemctl reload nginx; rm -rf /srv/flaskr")
+    finally:
+        conn.close()
+
+
+def _deploy(test_lab: TestLab, app: Flaskr, *args: str, **overrides: object):
+    return fab("deploy", "--limit", "lab1", *args, inventory=app.inventory(test_lab, **overrides))
+
+
+def _fab(test_lab: TestLab, app: Flaskr, *args: str):
+    return fab(*args, "--limit", "lab1", inventory=app.inventory(test_lab))
+
+
+def _titles(browser: Browser) -> list[str]:
+    code, body = browser.request("/")
+    assert code == 200, body[-500:]
+    return [ln.strip().removeprefix("<h1>").removesuffix("</h1>") for ln in body.splitlines()
+            if ln.strip().startswith("<h1>") and ln.strip() not in ("<h1>Flaskr</h1>",)
+            and "Posts" not in ln]
+
+
+def _host(deployed: HostSpec, cmd: str) -> str:
+    conn = Connection.open(deployed)
+    try:
+        res = conn.run(cmd)
+        assert res.ok, res.err
+        return res.out
+    finally:
+        conn.close()
+
+
+def test_flaskr_deploys_unchanged_and_keeps_its_data(test_lab: TestLab, deployed: HostSpec,
+                                                      flaskr: Flaskr) -> None:
+    first = _deploy(test_lab, flaskr)
+    assert first.returncode == 0, first.stdout[-3000:]
+    assert "flaskr: setup: flask --app flaskr init-db" in first.stdout
+    # instance/ is the host's, linked from the release; the local one never went up.
+    out = _host(deployed, "readlink /srv/flaskr/current/instance; stat -c %U "
+                          "/srv/flaskr/shared/instance; head -c 15 /srv/flaskr/shared/instance/*")
+    assert out.splitlines() == ["/srv/flaskr/shared/instance", "flaskr", "SQLite format 3"], out
+    b = Browser(deployed.address)
+    assert b.request("/auth/register", {"username": "ada", "password": "pw1"})[0] == 302
+    assert b.request("/auth/login", {"username": "ada", "password": "pw1"})[0] == 302
+    assert b.request("/create", {"title": "before", "body": "first post"})[0] == 302
+    assert _titles(b) == ["before"]
+
+    # A code change: a new release; setup does not run again, the posts stay.
+    flaskr.change()
+    second = _deploy(test_lab, flaskr)
+    assert second.returncode == 0, second.stdout[-3000:]
+    assert "setup" not in second.stdout
+    assert _titles(b) == ["before"]
+    assert b.request("/create", {"title": "after", "body": "second post"})[0] == 302
+    assert _titles(b) == ["after", "before"]
+
+    # A migration that deletes the posts and then fails: the data is exactly as it was.
+    flaskr.change()
+    bad = ("python -c \"import sqlite3; c = sqlite3.connect('instance/flaskr.sqlite'); "
+           "c.execute('DELETE FROM post'); c.commit()\" && echo 'migration 7 failed' >&2 && exit 3")
+    failed = _deploy(test_lab, flaskr, pre_start=[bad])
+    assert failed.returncode != 0
+    lines = [ln for ln in failed.stdout.splitlines() if ln.startswith("lab1: ")]
+    assert len(lines) == 1 and lines[0].endswith("migration 7 failed (data restored as before)"), (
+        failed.stdout[-3000:])
+    assert _titles(b) == ["after", "before"]
+
+    # Rollback: the first release, with the data as it left it (the snapshot taken
+    # before the second release): the post made under the second is gone.
+    second_release = _host(deployed, "readlink /srv/flaskr/current").strip().rsplit("/", 1)[1]
+    rolled = _fab(test_lab, flaskr, "rollback", "--app", "flaskr")
+    assert rolled.returncode == 0, rolled.stdout[-3000:]
+    assert _titles(b) == ["before"]
+    # Forward again to the second release: its data as the rollback found it.
+    forward = _fab(test_lab, flaskr, "rollback", "--app", "flaskr", "--to", second_release)
+    assert forward.returncode == 0, forward.stdout[-3000:]
+    assert _titles(b) == ["after", "before"]
+    # --keep-data: the release changes, the data does not.
+    kept = _fab(test_lab, flaskr, "rollback", "--app", "flaskr", "--keep-data")
+    assert kept.returncode == 0, kept.stdout[-3000:]
+    assert _titles(b) == ["after", "before"]
+    # Snapshots go with their releases: one per release on disk at most... and a bound.
+    snaps = _host(deployed, "ls /srv/flaskr/snapshots").split()
+    releases = _host(deployed, "ls /srv/flaskr/releases").split()
+    assert snaps and all(s.split(".", 1)[0] in releases for s in snaps), (snaps, releases)
+
+
+def test_rerun_setup_runs_it_again_after_a_snapshot(test_lab: TestLab, deployed: HostSpec,
+                                                    flaskr: Flaskr) -> None:
+    """--rerun-setup runs init-db again (which empties the blog), with a snapshot first."""
+    before = set(_host(deployed, "ls /srv/flaskr/snapshots 2>/dev/null; true").split())
+    proc = _deploy(test_lab, flaskr, "--rerun-setup")
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert "flaskr: setup: flask --app flaskr init-db" in proc.stdout
+    assert _titles(Browser(deployed.address)) == []
+    after = set(_host(deployed, "ls /srv/flaskr/snapshots").split())
+    assert after - before, (before, after)
+    again = _deploy(test_lab, flaskr)
+    assert again.returncode == 0 and "setup" not in again.stdout, again.stdout[-3000:]
+
+
+def test_shared_path_escaping_the_release_is_refused(test_lab: TestLab, deployed: HostSpec,
+                                                     flaskr: Flaskr) -> None:
+    proc = fab("plan", "--limit", "lab1",
+               inventory=flaskr.inventory(test_lab, shared_paths=["../etc"]))
+    assert proc.returncode != 0
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("lab1: ")]
+    assert lines == ["lab1: app flaskr: shared_paths: '../etc' is not a path inside the release"], (
+        proc.stdout[-2000:])

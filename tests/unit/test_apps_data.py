@@ -1,0 +1,64 @@
+"""Decisions of roles/apps.py about shared paths and health, and the release upload's exclusion."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from keel.errors import HostError
+from keel.ops import files
+from roles import apps
+
+HOST: Any = SimpleNamespace(name="lab1")
+
+
+@pytest.mark.parametrize("entries, expected", [
+    (["instance", "media/"], ["instance", "media"]),
+    (["./var/uploads"], ["var/uploads"]),
+    ([], []),
+])
+def test_shared_paths_are_clean_relative_paths(entries: list[str], expected: list[str]) -> None:
+    assert apps._shared_paths(HOST, {"name": "flaskr", "shared_paths": entries}) == expected
+
+
+@pytest.mark.parametrize("entry", ["../etc", "/etc", "a/../../b", ".", "", "env", "state",
+                                   ".keel-setup-done"])
+def test_shared_path_outside_the_release_is_refused(entry: str) -> None:
+    with pytest.raises(HostError) as err:
+        apps._shared_paths(HOST, {"name": "flaskr", "shared_paths": [entry]})
+    assert str(err.value) == (f"lab1: app flaskr: shared_paths: {entry!r} is not a path "
+                              "inside the release")
+
+
+def _shell(app: dict[str, Any], code: str, probe_404: bool = False) -> tuple[bool, str]:
+    probe = "probe() { echo 404; }" if probe_404 else "probe() { echo 200; }"
+    script = (f"{probe}\n{apps.health_check(app)}healthy {code} && echo yes || echo no; "
+              "health_path")
+    out = subprocess.run(["sh", "-c", script], capture_output=True, text=True,
+                         check=True).stdout.split()
+    return out[0] == "yes", out[1]
+
+
+def test_health_statuses_and_default_path() -> None:
+    app = {"healthy_statuses": "2xx 3xx", "health_path": ""}
+    assert _shell(app, "302") == (True, "/healthz")
+    assert _shell(app, "404", probe_404=True) == (False, "/")
+    assert _shell({"healthy_statuses": "200", "health_path": "/up"}, "204") == (False, "/up")
+
+
+@pytest.mark.parametrize("statuses", ["ok", "", "2x", "600"])
+def test_bad_healthy_statuses(statuses: str) -> None:
+    with pytest.raises(HostError):
+        apps._check_health(HOST, {"name": "a", "health_path": "", "healthy_statuses": statuses})
+
+
+def test_exclude_is_a_path_not_a_name(tmp_path: Path) -> None:
+    for rel in ("instance/db.sqlite", "pkg/instance/keep.py", "pkg/mod.py"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(rel)
+    kept = [p.relative_to(tmp_path).as_posix() for p in files._walk(tmp_path, ("instance",))]
+    assert kept == ["pkg/mod.py", "pkg/instance/keep.py"]
