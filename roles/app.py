@@ -68,7 +68,10 @@ def snapshot_cmd(app: dict[str, Any], snap: str) -> str:
 def restore_cmd(app: dict[str, Any], snap: str) -> str:
     """Root shell: the app's data exactly as in the tar ``snap`` (a shell word)."""
     paths = " ".join(q(p) for p in data_paths(app))
-    return (f"[ -s \"{snap}\" ] && cd {q(app['root'] + '/shared')} && rm -rf -- {paths} && "
+    # The directories themselves stay: the service's mount namespace holds them
+    # (ReadWritePaths=), so a new directory under the same name would be invisible to it.
+    return (f"[ -s \"{snap}\" ] && cd {q(app['root'] + '/shared')} && "
+            f"for p in {paths}; do [ ! -d \"$p\" ] || find \"$p\" -mindepth 1 -delete; done && "
             f"tar -xpf \"{snap}\"")
 
 

@@ -130,7 +130,8 @@ def test_flaskr_deploys_unchanged_and_keeps_its_data(test_lab: TestLab, deployed
                           "/srv/flaskr/shared/instance; head -c 15 /srv/flaskr/shared/instance/*")
     assert out.splitlines() == ["/srv/flaskr/shared/instance", "flaskr", "SQLite format 3"], out
     b = Browser(deployed.address)
-    assert b.request("/auth/register", {"username": "ada", "password": "pw1"})[0] == 302
+    code = b.request("/auth/register", {"username": "ada", "password": "pw1"})[0]
+    assert code == 302, _host(deployed, "journalctl -u flaskr -n 30 --no-pager")
     assert b.request("/auth/login", {"username": "ada", "password": "pw1"})[0] == 302
     assert b.request("/create", {"title": "before", "body": "first post"})[0] == 302
     assert _titles(b) == ["before"]
