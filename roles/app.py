@@ -98,6 +98,8 @@ def apply(host: Host) -> None:
             files.directory(host, f"{root}/shared/{path}", owner=app["user"], group=group,
                             mode="0750")
             files.symlink(host, f"{rel}/{path}", f"{root}/shared/{path}")
+        if app["build"]:
+            _build(host, app, candidate)
         # Each check runs again whenever what it depends on changes.
         code = _key(app["venv"], app["module"])
         _once(host, app, candidate, f"import-ok-{code}",
@@ -128,6 +130,25 @@ def apply(host: Host) -> None:
         # systemd reads the environment only when it starts the service.
         files.file(host, app["env_file"], env, owner="root", group=group, mode="0640",
                    secret=True, notify=f"restart {app['name']}", op_name="template")
+
+
+def _build(host: Host, app: dict[str, Any], env_file: str) -> None:
+    """The ``build`` commands, once per release: the release is the app user's while they
+    run, then root's again and read-only to the app. A failed build removes the release
+    (unless it is live), so the next deploy starts from a fresh upload."""
+    rel, marker = app["release_dir"], f"{app['release_dir']}/.keel-built"
+    owner, frozen = q(f"{app['user']}:{app['group']}"), q(f"root:{app['group']}")
+    cmd = " && ".join(f"( {c} )" for c in app["build"])
+    script = f"""chown -R {owner} {q(rel)}
+if {_as_app_user(app, cmd, env_file)}; then ok=1; else ok=; fi
+chown -R {frozen} {q(rel)} && chmod -R go-w {q(rel)}
+if [ -z "$ok" ]; then
+  [ "$(readlink -f {q(app['code_dir'])})" = {q(rel)} ] || rm -rf {q(rel)}
+  exit 1
+fi
+touch {q(marker)}"""
+    server.command(host, script, creates=marker, chdir=rel,
+                   name=f"{app['name']}: build: {'; '.join(app['build'])}")
 
 
 def _key(*parts: str) -> str:

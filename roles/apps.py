@@ -71,6 +71,12 @@ APP_DEFAULTS: dict[str, Any] = {
     "buffer_size": 32768,
     # Environment for the app, written to shared/env (mode 0640, root:<app>).
     "env": {},
+    # Commands that build the release (e.g. "python manage.py collectstatic --noinput",
+    # asset compilation), run once in it as the app user, with its venv and env file,
+    # before the import check; the release is writable to the app user only while
+    # they run, then frozen (root-owned, read-only to the app). A change to them is a
+    # new release. Their output is served like any file of the release (static_dir).
+    "build": [],
     # Commands run in the new release, as the app user, with its venv and env, before
     # it takes traffic: on every new release (idempotent migrations, e.g.
     # "python manage.py migrate --noinput"). The data (state dir and shared_paths)
@@ -129,8 +135,26 @@ def resolve(host: Host) -> list[dict[str, Any]]:
     names = [a["name"] for a in apps]
     if len(set(names)) != len(names):
         raise HostError(host.name, f"apps: duplicate app names in {names}")
+    _check_conflicts(host, apps)
     host.memo["apps"] = apps
     return apps
+
+
+def _check_conflicts(host: Host, apps: list[dict[str, Any]]) -> None:
+    """Two apps may not claim the same name on the same port, nor the same user: nginx
+    would ignore one site ("conflicting server name"), and one app could read the other's
+    data. Found before anything changes, naming both apps."""
+    seen: dict[tuple[str, str], str] = {}
+    for app in apps:
+        ports = [app["listen"], *([app["tls_listen"]] if app["tls"] else [])]
+        claims = [("user", app["user"])] + [
+            ("server_name", f"{name} on port {port}")
+            for name in str(app["server_name"]).split() for port in ports]
+        for claim in claims:
+            other = seen.setdefault(claim, app["name"])
+            if other != app["name"]:
+                raise HostError(host.name, f"apps {other} and {app['name']} both use "
+                                           f"{claim[0]} {claim[1]}")
 
 
 def _resolve_one(host: Host, entry: dict[str, Any], first: bool) -> dict[str, Any]:
@@ -153,13 +177,18 @@ def _resolve_one(host: Host, entry: dict[str, Any], first: bool) -> dict[str, An
     requirements = req_file.read_text().rstrip("\n") + f"\nuwsgi=={app['uwsgi_version']}\n"
     venv_key = venv_id(requirements, host.facts.python_version)
     shared = _shared_paths(host, app)
-    release = release_id(tree_digest(source, tuple(shared)), venv_key)
+    tree = tree_digest(source, tuple(shared))
+    if app["build"]:  # the same code built otherwise is another release
+        tree = hashlib.sha256("\0".join([tree, *app["build"]]).encode()).hexdigest()
+    release = release_id(tree, venv_key)
     _resolve_tls(host, app, project)
     _check_options(host, app)
     _check_health(host, app)
     static_dir = app["static_dir"]
     if static_dir and not static_dir.startswith("/"):
-        static_dir = f"{root}/current/{static_dir}" if (source / static_dir).is_dir() else ""
+        # Built static files (collectstatic) exist only in the release on the host.
+        static_dir = (f"{root}/current/{static_dir}"
+                      if app["build"] or (source / static_dir).is_dir() else "")
     app.update(
         user=app.get("user") or name,
         group=app.get("group") or name,
@@ -250,6 +279,11 @@ _OPTION_NAMES = {"uwsgi_options": re.compile(r"[a-z][a-z0-9-]*\Z"),
 
 def _check_options(host: Host, app: dict[str, Any]) -> None:
     """Extra ini options and unit directives: plain names, one-line values."""
+    for setting in ("build", "setup", "pre_start"):
+        if not isinstance(app[setting], list) or not all(
+                isinstance(c, str) and c.strip() for c in app[setting]):
+            raise HostError(host.name, f"app {app['name']}: {setting} must be a list of "
+                                       f"commands, not {app[setting]!r}")
     for setting, pattern in _OPTION_NAMES.items():
         options = app[setting]
         if not isinstance(options, dict):

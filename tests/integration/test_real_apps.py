@@ -8,6 +8,7 @@ each deploy, rollback and failed migration is checked against the posts.
 
 from __future__ import annotations
 
+import re
 import shutil
 import urllib.error
 import urllib.parse
@@ -36,14 +37,20 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
 class Browser:
     """A client with a cookie jar that talks to one server_name on a lab host."""
 
-    def __init__(self, address: str) -> None:
-        self.base = f"http://{address}"
+    def __init__(self, address: str, name: str = NAME) -> None:
+        self.base, self.name = f"http://{address}", name
         self.opener = urllib.request.build_opener(
             urllib.request.HTTPCookieProcessor(CookieJar()), _NoRedirect())
 
+    def csrf(self, path: str) -> str:
+        """The CSRF token of the Django form at ``path``."""
+        code, body = self.request(path)
+        assert code == 200, body[-500:]
+        return re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', body).group(1)  # type: ignore[union-attr]
+
     def request(self, path: str, form: dict[str, str] | None = None) -> tuple[int, str]:
         data = urllib.parse.urlencode(form).encode() if form is not None else None
-        req = urllib.request.Request(self.base + path, data=data, headers={"Host": NAME})
+        req = urllib.request.Request(self.base + path, data=data, headers={"Host": self.name})
         try:
             with self.opener.open(req, timeout=10) as resp:
                 return resp.status, resp.read().decode()
@@ -198,3 +205,72 @@ def test_shared_path_escaping_the_release_is_refused(test_lab: TestLab, deployed
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("lab1: ")]
     assert lines == ["lab1: app flaskr: shared_paths: '../etc' is not a path inside the release"], (
         proc.stdout[-2000:])
+
+
+DJANGO = "django.test"
+
+
+@pytest.fixture(scope="module")
+def mysite(tmp_path_factory: pytest.TempPathFactory, test_lab: TestLab,
+           deployed: HostSpec) -> Iterator[Path]:
+    src = tmp_path_factory.mktemp("mysite") / "mysite"
+    shutil.copytree(ROOT / "tests" / "apps" / "mysite", src)
+    yield src
+    _host(deployed, "systemctl disable --now mysite.service mysite.socket; "
+                    "rm -f /etc/systemd/system/mysite.* /etc/nginx/sites-enabled/mysite "
+                    "/etc/nginx/sites-available/mysite /etc/uwsgi-apps/mysite.ini; "
+                    "systemctl daemon-reload; systemctl reload nginx; rm -rf /srv/mysite")
+
+
+def _deploy_django(test_lab: TestLab, src: Path) -> Any:
+    hello = yaml.safe_load((ROOT / "inventory" / "group_vars" / "app.yml").read_text())["apps"]
+    app = {"name": "mysite", "source": str(src), "module": "mysite.wsgi:application",
+           "server_name": DJANGO, "static_dir": "staticfiles", "shared_paths": ["media"],
+           "env": {"DJANGO_SECRET_KEY": "lab-only-django-secret", "DJANGO_ALLOWED_HOSTS": DJANGO,
+                   "DJANGO_SQLITE_PATH": "/srv/mysite/shared/state/db.sqlite3",
+                   "DJANGO_SUPERUSER_PASSWORD": "lab-only-admin-pw"},
+           "build": ["python manage.py collectstatic --noinput"],
+           "setup": ["python manage.py migrate --noinput",
+                     "python manage.py createsuperuser --noinput --username admin "
+                     "--email admin@example.org"],
+           "pre_start": ["python manage.py migrate --noinput"],
+           "health_path": "/admin/"}
+    inv = src.parent / "inventory"
+    (inv / "group_vars").mkdir(parents=True, exist_ok=True)
+    shutil.copy(test_lab.inventory_path, inv / "lab.yml")
+    (inv / "group_vars" / "app.yml").write_text(yaml.safe_dump({"apps": [*hello, app]}))
+    return fab("deploy", "--limit", "lab1", inventory=inv / "lab.yml")
+
+
+def test_stock_django_deploys_unchanged_and_keeps_its_data(test_lab: TestLab, deployed: HostSpec,
+                                                           mysite: Path) -> None:
+    first = _deploy_django(test_lab, mysite)
+    assert first.returncode == 0, first.stdout[-3000:]
+    assert "mysite: build: python manage.py collectstatic --noinput" in first.stdout
+    b = Browser(deployed.address, DJANGO)
+    assert b.request("/")[0] == 404  # a stock project: the health path is the admin's
+    # Static files from the build, served by nginx from the frozen release.
+    code, css = b.request("/static/polls/style.css")
+    assert code == 200 and "green" in css
+    assert b.request("/static/admin/css/base.css")[0] == 200
+    assert _host(deployed, "stat -c %U:%a /srv/mysite/current/staticfiles/polls/style.css"
+                 ).strip() == "root:644"
+    # The admin: log in (the superuser from setup), add a question, list it.
+    token = b.csrf("/admin/login/")
+    code, _ = b.request("/admin/login/?next=/admin/", {
+        "username": "admin", "password": "lab-only-admin-pw", "csrfmiddlewaretoken": token,
+        "next": "/admin/"})
+    assert code == 302
+    token = b.csrf("/admin/polls/question/add/")
+    code, body = b.request("/admin/polls/question/add/", {
+        "question_text": "What's up?", "pub_date_0": "2026-01-01", "pub_date_1": "12:00:00",
+        "csrfmiddlewaretoken": token, "_save": "Save"})
+    assert code == 302, body[-2000:]
+    assert "What&#x27;s up?" in b.request("/admin/polls/question/")[1]
+    # A code change: built again, migrated, setup not rerun (createsuperuser would fail).
+    with open(mysite / "polls" / "views.py", "a") as fh:
+        fh.write(f"\n# change {uuid.uuid4().hex}\n")
+    second = _deploy_django(test_lab, mysite)
+    assert second.returncode == 0, second.stdout[-3000:]
+    assert "build" in second.stdout and "setup" not in second.stdout
+    assert "What&#x27;s up?" in b.request("/admin/polls/question/")[1]

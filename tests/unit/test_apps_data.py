@@ -62,3 +62,25 @@ def test_exclude_is_a_path_not_a_name(tmp_path: Path) -> None:
         (tmp_path / rel).write_text(rel)
     kept = [p.relative_to(tmp_path).as_posix() for p in files._walk(tmp_path, ("instance",))]
     assert kept == ["pkg/mod.py", "pkg/instance/keep.py"]
+
+
+def _app(name: str, **kw: Any) -> dict[str, Any]:
+    return {"name": name, "user": name, "server_name": "_", "listen": 80, "tls": False,
+            "tls_listen": 443, **kw}
+
+
+@pytest.mark.parametrize("second, message", [
+    (_app("blog", server_name="www.example.org example.org"),
+     "apps shop and blog both use server_name example.org on port 80"),
+    (_app("blog", server_name="blog.example.org", user="shop"),
+     "apps shop and blog both use user shop"),
+])
+def test_conflicting_apps_are_refused(second: dict[str, Any], message: str) -> None:
+    with pytest.raises(HostError) as err:
+        apps._check_conflicts(HOST, [_app("shop", server_name="example.org"), second])
+    assert str(err.value) == f"lab1: {message}"
+
+
+def test_same_name_on_other_ports_is_fine() -> None:
+    apps._check_conflicts(HOST, [_app("a", server_name="x.org"),
+                                 _app("b", server_name="x.org", listen=8080)])
