@@ -84,3 +84,17 @@ def test_conflicting_apps_are_refused(second: dict[str, Any], message: str) -> N
 def test_same_name_on_other_ports_is_fine() -> None:
     apps._check_conflicts(HOST, [_app("a", server_name="x.org"),
                                  _app("b", server_name="x.org", listen=8080)])
+
+
+def test_verify_names_exactly_the_failed_hosts(tmp_path: Path) -> None:
+    from keel.verify import failed_hosts
+
+    report = tmp_path / "junit.xml"
+    report.write_text(
+        '<testsuites><testsuite>'
+        '<testcase name="test_http_through_nginx[ssh://lab1]"/>'
+        '<testcase name="test_http_through_nginx[ssh://lab2]"><failure message="x"/></testcase>'
+        '<testcase name="test_units[ssh://lab3]"><error message="y"/></testcase>'
+        '<testcase name="test_units[ssh://lab1]"/>'
+        '</testsuite></testsuites>')
+    assert failed_hosts(report, ["lab1", "lab2", "lab3"]) == ["lab2", "lab3"]
