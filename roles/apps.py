@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import tomllib
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -35,7 +36,10 @@ APP_DEFAULTS: dict[str, Any] = {
     "source": "app",
     # module:callable; app factories are called: "hello:create_app()".
     "module": "wsgi:app",
-    # Requirements file, relative to source. uwsgi is added (pinned) to it.
+    # Requirements file, relative to source. uwsgi is added (pinned) to it. Without
+    # one, the project's lock (pylock.toml, PEP 751) or else the dependencies of its
+    # pyproject.toml ([project] dependencies) are installed. The venv holds the
+    # dependencies only: the code runs from the release, so a code change reuses it.
     "requirements": "requirements.txt",
     "uwsgi_version": "2.0.31",
     # nginx: name-based virtual hosts; "_" matches anything.
@@ -171,10 +175,8 @@ def _resolve_one(host: Host, entry: dict[str, Any], first: bool) -> dict[str, An
     source = source if source.is_absolute() else project / source
     if not source.is_dir():
         raise HostError(host.name, f"app {name}: source directory {source} does not exist")
-    req_file = source / app["requirements"]
-    if not req_file.is_file():
-        raise HostError(host.name, f"app {name}: requirements file {req_file} does not exist")
-    requirements = req_file.read_text().rstrip("\n") + f"\nuwsgi=={app['uwsgi_version']}\n"
+    requirements = (_requirements(host, app, source).rstrip("\n")
+                    + f"\nuwsgi=={app['uwsgi_version']}\n")
     venv_key = venv_id(requirements, host.facts.python_version)
     shared = _shared_paths(host, app)
     tree = tree_digest(source, tuple(shared))
@@ -256,6 +258,35 @@ def _shared_paths(host: Host, app: dict[str, Any]) -> list[str]:
                                        "path inside the release")
         out.append(path.as_posix())
     return out
+
+
+def _requirements(host: Host, app: dict[str, Any], source: Path) -> str:
+    """What the venv gets, as requirements text: the requirements file; else the project's
+    pylock.toml, pinned; else its pyproject.toml's [project] dependencies."""
+    req_file = source / app["requirements"]
+    default = app["requirements"] == APP_DEFAULTS["requirements"]
+    if req_file.is_file() or not default:
+        if not req_file.is_file():
+            raise HostError(host.name, f"app {app['name']}: requirements file {req_file} "
+                                       "does not exist")
+        return req_file.read_text()
+    where = f"app {app['name']}: {source}"
+    try:
+        if (source / "pylock.toml").is_file():
+            lock = tomllib.loads((source / "pylock.toml").read_text())
+            return "".join(f"{pkg['name']}=={pkg['version']}"
+                           + (f"; {pkg['marker']}" if pkg.get("marker") else "") + "\n"
+                           for pkg in lock.get("packages", []))
+        if (source / "pyproject.toml").is_file():
+            project = tomllib.loads((source / "pyproject.toml").read_text()).get("project", {})
+            if not isinstance(project.get("dependencies"), list):
+                raise HostError(host.name, f"{where}/pyproject.toml has no [project] dependencies"
+                                           " list (and there is no requirements.txt)")
+            return "".join(f"{dep}\n" for dep in project["dependencies"])
+    except (tomllib.TOMLDecodeError, KeyError, TypeError) as exc:
+        raise HostError(host.name, f"{where}: cannot read its dependencies: {exc}") from None
+    raise HostError(host.name, f"app {app['name']}: requirements file {req_file} does not exist "
+                               "(nor pylock.toml or pyproject.toml)")
 
 
 def venv_id(requirements: str, python_version: str) -> str:

@@ -98,3 +98,40 @@ def test_verify_names_exactly_the_failed_hosts(tmp_path: Path) -> None:
         '<testcase name="test_units[ssh://lab1]"/>'
         '</testsuite></testsuites>')
     assert failed_hosts(report, ["lab1", "lab2", "lab3"]) == ["lab2", "lab3"]
+
+
+def _reqs(tmp_path: Path, files_: dict[str, str], requirements: str = "requirements.txt") -> str:
+    for name, text in files_.items():
+        (tmp_path / name).write_text(text)
+    return apps._requirements(HOST, {"name": "p", "requirements": requirements}, tmp_path)
+
+
+def test_requirements_file_wins(tmp_path: Path) -> None:
+    assert _reqs(tmp_path, {"requirements.txt": "flask==3.1.3\n",
+                            "pyproject.toml": "[project]\ndependencies = ['django']\n"}) == (
+        "flask==3.1.3\n")
+
+
+def test_pylock_is_honoured_before_pyproject(tmp_path: Path) -> None:
+    lock = ('lock-version = "1.0"\n[[packages]]\nname = "flask"\nversion = "3.1.3"\n'
+            '[[packages]]\nname = "colorama"\nversion = "0.4.6"\nmarker = "sys_platform == \'win32\'"\n')
+    assert _reqs(tmp_path, {"pylock.toml": lock,
+                            "pyproject.toml": "[project]\ndependencies = ['flask']\n"}) == (
+        "flask==3.1.3\ncolorama==0.4.6; sys_platform == 'win32'\n")
+
+
+def test_pyproject_dependencies(tmp_path: Path) -> None:
+    assert _reqs(tmp_path, {"pyproject.toml": "[project]\nname = 'x'\n"
+                                              "dependencies = ['flask>=3', 'click']\n"}) == (
+        "flask>=3\nclick\n")
+
+
+@pytest.mark.parametrize("files_, message", [
+    ({"pyproject.toml": "[project]\nname = 'x'\n"}, "pyproject.toml has no [project] dependencies"),
+    ({}, "nor pylock.toml or pyproject.toml"),
+    ({"pyproject.toml": "[project\n"}, "cannot read its dependencies"),
+])
+def test_bad_dependencies(tmp_path: Path, files_: dict[str, str], message: str) -> None:
+    with pytest.raises(HostError) as err:
+        _reqs(tmp_path, files_)
+    assert message in str(err.value) and str(err.value).startswith("lab1: app p: ")
