@@ -51,14 +51,17 @@ def _with(extra_vars: str | None, **flags: object) -> str | None:
 
 
 @task(help={**H, "serial": "app hosts per batch (default: 1 behind load balancers, else all)",
-            "rerun_setup": "run each app's setup commands again (after a snapshot of its data)"})
+            "rerun_setup": "run each app's setup commands again (after a snapshot of its data)",
+            "prune": "remove the apps no longer in the inventory (their data is kept)",
+            "purge": "as --prune, and delete their data, user and group too"})
 def deploy(c, inventory=None, limit=None, check=False, parallel=10, serial=None, max_fail=0,
            stats=False, json=None, diff=False, verbose=False, extra_vars=None,
-           vault_password_file=None, rerun_setup=False):
+           vault_password_file=None, rerun_setup=False, prune=False, purge=False):
     """Deploy: the apps (venv, release, uWSGI, nginx) and the lb hosts; rolling behind lbs. Idempotent."""
     plays.deploy(c, "deploy", inventory, limit, serial, vault_password_file, check=check,
             parallel=parallel, max_fail=max_fail, stats=stats, json_path=json, diff=diff,
-            verbose=verbose, extra_vars=_with(extra_vars, rerun_setup=rerun_setup))
+            verbose=verbose, extra_vars=_with(extra_vars, rerun_setup=rerun_setup,
+                                              prune_apps=prune, purge_apps=purge))
 
 
 @task(help={k: v for k, v in H.items() if k not in ("check", "serial", "max_fail", "diff")})

@@ -28,6 +28,8 @@ from typing import Any
 
 from keel.errors import HostError
 from keel.host import Host
+from keel.operation import q
+from keel.ops import server
 from keel.ops.files import tree_digest
 
 #: Defaults for each entry of ``apps``. Every key can be set per app.
@@ -113,11 +115,18 @@ APP_DEFAULTS: dict[str, Any] = {
 
 #: Where nginx finds each app's certificate and key on the host (see roles/tls.py).
 TLS_DIR = "/etc/nginx/tls"
+#: Each app's uWSGI ini (roles/uwsgi.py): also how a deployed app is recognised.
+INI_DIR = "/etc/uwsgi-apps"
 
 DEFAULTS: dict[str, Any] = {
     "apps": [{"name": "hello", "source": "app", "module": "hello:create_app()"}],
     # The group nginx runs as; it shares the socket (660).
     "nginx_group": "www-data",
+    # Apps deployed here before but no longer in `apps` are reported; with prune_apps
+    # (fab deploy --prune) their unit, socket, ini and site go (data in /srv/<app> is
+    # kept), and with purge_apps (--purge) their /srv/<app>, user and group too.
+    "prune_apps": False,
+    "purge_apps": False,
 }
 
 
@@ -127,7 +136,32 @@ def preflight(host: Host) -> None:
 
 
 def apply(host: Host) -> None:
-    """Nothing to change: the apps are resolved in preflight."""
+    """Report, or remove, the apps this host serves that the inventory no longer lists."""
+    names = {app["name"] for app in resolve(host)}
+    found = host.run(f"ls -1 {INI_DIR} 2>/dev/null | sed -n 's/[.]ini$//p'").out.split()
+    for name in sorted(set(found) - names):
+        if not (host.vars["prune_apps"] or host.vars["purge_apps"]):
+            host.say(f"app {name} on {host.name} is no longer in the inventory "
+                     "(fab deploy --prune removes it, keeping its data)")
+            continue
+        _remove(host, name, purge=bool(host.vars["purge_apps"]))
+
+
+def _remove(host: Host, name: str, purge: bool) -> None:
+    """Stop and remove an app's unit, socket, ini and site (and with ``purge``, its data,
+    user and group); nginx is reloaded once at the end."""
+    n, ini = q(name), q(f"{INI_DIR}/{name}.ini")
+    units = f"/etc/systemd/system/{n}.service /etc/systemd/system/{n}.socket"
+    cmd = (f"u=$(sed -n 's/^uid = //p' {ini}); g=$(sed -n 's/^gid = //p' {ini}); "
+           f"systemctl disable --now {n}.service {n}.socket >/dev/null 2>&1; "
+           f"rm -f {units} {ini} /etc/nginx/sites-enabled/{n} /etc/nginx/sites-available/{n} "
+           f"{q(TLS_DIR)}/{n}.crt {q(TLS_DIR)}/{n}.key && systemctl daemon-reload")
+    if purge:
+        cmd += (f' && rm -rf /srv/{n} && {{ [ -z "$u" ] || userdel "$u" 2>/dev/null; '
+                '[ -z "$g" ] || groupdel "$g" 2>/dev/null; true; }')
+    server.command(host, cmd, name=f"{name}: no longer in the inventory: "
+                                   + ("purged" if purge else "removed (data kept)"),
+                   notify="reload nginx")
 
 
 def resolve(host: Host) -> list[dict[str, Any]]:

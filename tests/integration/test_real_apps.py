@@ -197,6 +197,24 @@ def test_rerun_setup_runs_it_again_after_a_snapshot(test_lab: TestLab, deployed:
     assert again.returncode == 0 and "setup" not in again.stdout, again.stdout[-3000:]
 
 
+def test_an_app_that_left_the_inventory_is_reported_then_pruned(
+        test_lab: TestLab, deployed: HostSpec, flaskr: Flaskr) -> None:
+    plan = fab("plan", "--limit", "lab1", inventory=test_lab.inventory_path)
+    assert plan.returncode == 0, plan.stdout[-3000:]
+    assert "app flaskr on lab1 is no longer in the inventory" in plan.stdout, plan.stdout[-3000:]
+    assert Browser(deployed.address).request("/")[0] == 200  # plan changed nothing
+    pruned = fab("deploy", "--limit", "lab1", "--prune", inventory=test_lab.inventory_path)
+    assert pruned.returncode == 0, pruned.stdout[-3000:]
+    assert "flaskr: no longer in the inventory: removed (data kept)" in pruned.stdout
+    left = _host(deployed, "systemctl is-active flaskr.service; ls /etc/nginx/sites-enabled "
+                           "/etc/uwsgi-apps; ls /srv/flaskr/shared/instance; true").split()
+    assert "flaskr" not in left and "flaskr.ini" not in left and "flaskr.sqlite" in left, left
+    # flaskr.test now reaches the default site (the example app), not flaskr.
+    assert "Flaskr" not in Browser(deployed.address).request("/")[1]
+    again = fab("deploy", "--limit", "lab1", inventory=test_lab.inventory_path)
+    assert again.returncode == 0 and "no longer in the inventory" not in again.stdout
+
+
 def test_shared_path_escaping_the_release_is_refused(test_lab: TestLab, deployed: HostSpec,
                                                      flaskr: Flaskr) -> None:
     proc = fab("plan", "--limit", "lab1",
