@@ -131,15 +131,16 @@ DEFAULTS: dict[str, Any] = {
 
 
 def preflight(host: Host) -> None:
-    """Resolve and check every app before any role changes anything."""
+    """Resolve and check every app before any role changes anything; list the apps
+    deployed here (a read, batched with the other probes) to find those that left."""
     resolve(host)
+    found = host.run(f"ls -1 {INI_DIR} 2>/dev/null | sed -n 's/[.]ini$//p'").out.split()
+    host.memo["left_apps"] = sorted(set(found) - {app["name"] for app in resolve(host)})
 
 
 def apply(host: Host) -> None:
     """Report, or remove, the apps this host serves that the inventory no longer lists."""
-    names = {app["name"] for app in resolve(host)}
-    found = host.run(f"ls -1 {INI_DIR} 2>/dev/null | sed -n 's/[.]ini$//p'").out.split()
-    for name in sorted(set(found) - names):
+    for name in host.memo.get("left_apps", []):
         if not (host.vars["prune_apps"] or host.vars["purge_apps"]):
             host.say(f"app {name} on {host.name} is no longer in the inventory "
                      "(fab deploy --prune removes it, keeping its data)")

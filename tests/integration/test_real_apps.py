@@ -136,6 +136,9 @@ def test_flaskr_deploys_unchanged_and_keeps_its_data(test_lab: TestLab, deployed
     out = _host(deployed, "readlink /srv/flaskr/current/instance; stat -c %U "
                           "/srv/flaskr/shared/instance; head -c 15 /srv/flaskr/shared/instance/*")
     assert out.splitlines() == ["/srv/flaskr/shared/instance", "flaskr", "SQLite format 3"], out
+    # verify asks flaskr's root (it has no /healthz), as the canary and the gate did.
+    verify = fab("verify", "--limit", "lab1", inventory=flaskr.inventory(test_lab))
+    assert verify.returncode == 0, verify.stdout[-3000:] + verify.stderr[-2000:]
     b = Browser(deployed.address)
     code = b.request("/auth/register", {"username": "ada", "password": "pw1"})[0]
     assert code == 302, _host(deployed, "journalctl -u flaskr -n 30 --no-pager")
@@ -267,6 +270,8 @@ def test_stock_django_deploys_unchanged_and_keeps_its_data(test_lab: TestLab, de
     assert "mysite: build: python manage.py collectstatic --noinput" in first.stdout
     b = Browser(deployed.address, DJANGO)
     assert b.request("/")[0] == 404  # a stock project: the health path is the admin's
+    verify = fab("verify", "--limit", "lab1", inventory=mysite.parent / "inventory" / "lab.yml")
+    assert verify.returncode == 0, verify.stdout[-3000:] + verify.stderr[-2000:]
     # Static files from the build, served by nginx from the frozen release.
     code, css = b.request("/static/polls/style.css")
     assert code == 200 and "green" in css
