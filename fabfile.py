@@ -38,14 +38,30 @@ def bootstrap(c, inventory=None, limit=None, check=False, parallel=10, serial=0,
             vault_password_file=vault_password_file)
 
 
-@task(help={**H, "serial": "app hosts per batch (default: 1 behind load balancers, else all)"})
+def _with(extra_vars: str | None, **flags: object) -> str | None:
+    """``--extra-vars`` with the task's flags that are set (the JSON stays checked by keel)."""
+    flags = {k: v for k, v in flags.items() if v}
+    if not flags:
+        return extra_vars
+    try:
+        extra = _json.loads(extra_vars) if extra_vars else {}
+    except _json.JSONDecodeError:
+        return extra_vars
+    return _json.dumps({**flags, **extra})
+
+
+@task(help={**H, "serial": "app hosts per batch (default: 1 behind load balancers, else all)",
+            "rerun_setup": "run each app's setup commands again (after a snapshot of its data)",
+            "prune": "remove the apps no longer in the inventory (their data is kept)",
+            "purge": "as --prune, and delete their data, user and group too"})
 def deploy(c, inventory=None, limit=None, check=False, parallel=10, serial=None, max_fail=0,
            stats=False, json=None, diff=False, verbose=False, extra_vars=None,
-           vault_password_file=None):
+           vault_password_file=None, rerun_setup=False, prune=False, purge=False):
     """Deploy: the apps (venv, release, uWSGI, nginx) and the lb hosts; rolling behind lbs. Idempotent."""
     plays.deploy(c, "deploy", inventory, limit, serial, vault_password_file, check=check,
             parallel=parallel, max_fail=max_fail, stats=stats, json_path=json, diff=diff,
-            verbose=verbose, extra_vars=extra_vars)
+            verbose=verbose, extra_vars=_with(extra_vars, rerun_setup=rerun_setup,
+                                              prune_apps=prune, purge_apps=purge))
 
 
 @task(help={k: v for k, v in H.items() if k not in ("check", "serial", "max_fail", "diff")})
@@ -59,11 +75,12 @@ def plan(c, inventory=None, limit=None, parallel=10, stats=False, json=None, ver
 @task(help={"inventory": H["inventory"], "limit": H["limit"], "parallel": H["parallel"],
             "serial": H["serial"], "to": "release id to go back to (default: the previous good one)",
             "app": "only this app (default: every app)", "json": H["json"],
-            "vault_password_file": H["vault_password_file"]})
+            "vault_password_file": H["vault_password_file"],
+            "keep_data": "keep the current data (default: restore the release's snapshot)"})
 def rollback(c, inventory=None, limit=None, to="", app="", parallel=10, serial=0, json=None,
-             vault_password_file=None):
-    """Switch back to the previous good release (or --to ID), chain-reload, health-check."""
-    extra = _json.dumps({"rollback_to": to, "rollback_app": app})
+             vault_password_file=None, keep_data=False):
+    """Back to the previous good release (or --to ID) and its data, chain-reload, health-check."""
+    extra = _json.dumps({"rollback_to": to, "rollback_app": app, "keep_data": bool(keep_data)})
     cli.run(c, plays.rollback_play(), inventory=inventory, limit=limit, only=plays.is_app_host,
             parallel=parallel, serial=serial,
             json_path=json, extra_vars=extra, vault_password_file=vault_password_file)
@@ -85,10 +102,12 @@ def verify(c, inventory=None, limit=None, junit_xml=None, vault_password_file=No
     hosts = cli.select_hosts(c, inventory, limit, vault_password_file)
     from keel import verify as verifier  # only what each task needs: `fab deploy` starts faster
 
+    failed: list[str] = []
     rc = verifier.run_suite(hosts, cli.PROJECT_DIR / "tests" / "verify", plays.expectations,
-                            user_for=plays.login, junit_xml=junit_xml)
+                            user_for=plays.login, junit_xml=junit_xml, failed=failed)
     if rc:
-        raise Exit(f"verify: checks failed on {len(hosts)} host(s) selected (see above)", code=rc)
+        raise Exit(f"verify: checks failed on {len(failed)} of {len(hosts)} host(s): "
+                   f"{', '.join(failed) or 'none named (see above)'}", code=rc)
 
 
 @task(help={"inventory": H["inventory"], "limit": H["limit"], "app": "only this app",

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+from xml.etree import ElementTree
 
 from keel.connection import _parse_ssh_args
 from keel.inventory import HostSpec
@@ -58,23 +60,47 @@ def run_suite(
     user_for: Callable[[HostSpec], str | None] = lambda h: None,
     junit_xml: str | None = None,
     extra_args: Sequence[str] = (),
+    failed: list[str] | None = None,
 ) -> int:
-    """Run pytest on ``suite`` against ``hosts``; return pytest's exit code."""
+    """Run pytest on ``suite`` against ``hosts``; return pytest's exit code, and append the
+    names of the hosts with a failed or erroring test to ``failed`` (when given)."""
     with tempfile.TemporaryDirectory(prefix="keel-verify-") as tmp:
         cfg = Path(tmp) / "ssh_config"
         cfg.write_text(ssh_config(hosts, user_for, Path(tmp)))
         data = Path(tmp) / "expect.json"
         data.write_text(json.dumps({h.name: expectations(h) for h in hosts}))
+        report = junit_xml or str(Path(tmp) / "junit.xml")
         cmd = [
             sys.executable, "-m", "pytest", str(suite), "-p", "no:cacheprovider", "-q",
             "--hosts=" + ",".join(f"ssh://{h.name}?controlpersist=0" for h in hosts),
-            f"--ssh-config={cfg}", "--sudo", "--tb=line",
-            *(["--junit-xml", junit_xml] if junit_xml else []), *extra_args,
+            f"--ssh-config={cfg}", "--sudo", "--tb=line", "--junit-xml", report, *extra_args,
         ]
         env = {**os.environ, "KEEL_VERIFY_VARS": str(data)}
         try:
-            return subprocess.call(cmd, env=env)
+            rc = subprocess.call(cmd, env=env)
         finally:
             for h in hosts:  # close the multiplexed masters: leave no ssh behind
                 subprocess.run(["ssh", "-F", str(cfg), "-O", "exit", h.name],
                                capture_output=True, timeout=10)
+        if failed is not None and rc:
+            failed += failed_hosts(Path(report), [h.name for h in hosts])
+        return rc
+
+
+def failed_hosts(junit_xml: Path, names: Sequence[str]) -> list[str]:
+    """The hosts (of ``names``, in that order) with a failed or erroring test in a JUnit
+    report of the testinfra suite, whose test ids end in ``[ssh://<host>]``.
+
+    A test without a host in its id (a collection error) fails every host.
+    """
+    try:
+        root = ElementTree.parse(junit_xml).getroot()
+    except (OSError, ElementTree.ParseError):
+        return list(names)
+    bad: set[str] = set()
+    for case in root.iter("testcase"):
+        if case.find("failure") is None and case.find("error") is None:
+            continue
+        match = re.search(r"\[(?:\w+://)?([^\]?/]+)[^\]]*\]$", case.get("name", ""))
+        bad |= {match.group(1)} if match and match.group(1) in names else set(names)
+    return [n for n in names if n in bad]

@@ -1,10 +1,14 @@
 """app: ship the code as a release, its settings, its state dir, and point ``current`` at it.
 
 A release is the app's source tree, uploaded once to
-``/srv/<app>/releases/<release>/`` (the release id is a digest of the tree);
-``pre_start`` commands run inside it, as the app user, before ``current``
-switches to it, and then a canary (``roles/uwsgi.py``) starts the new unit,
-ini and env file from it and asks for its health.
+``/srv/<app>/releases/<release>/`` (the release id is a digest of the tree),
+with each of ``shared_paths`` linked to ``/srv/<app>/shared/<path>``. Then,
+inside it and as the app user: the import check; a snapshot of the data (state
+dir and shared paths, to ``/srv/<app>/snapshots/``); ``setup`` on the app's
+first deploy to the host; ``pre_start`` for every new release. A failed setup or
+pre_start puts the data back from the snapshot. Last, a canary
+(``roles/uwsgi.py``) starts the new unit, ini and env file from the release and
+asks for its health, all before ``current`` switches to it.
 """
 
 from __future__ import annotations
@@ -17,7 +21,10 @@ from keel.operation import q
 from keel.ops import files, server
 from roles import apps, uwsgi
 
-DEFAULTS: dict[str, Any] = {}
+DEFAULTS: dict[str, Any] = {
+    # Run each app's `setup` commands again (fab deploy --rerun-setup), snapshot first.
+    "rerun_setup": False,
+}
 
 # Imports module:callable the way uWSGI will (calling it for "pkg:factory()"),
 # so a release that cannot even load never becomes current.
@@ -43,7 +50,33 @@ def _as_app_user(app: dict[str, Any], cmd: str, env_file: str) -> str:
     return f"runuser -u {q(app['user'])} -- sh -c {q(inner)}"
 
 
+def data_paths(app: dict[str, Any]) -> list[str]:
+    """The app's data, relative to ``/srv/<app>/shared``: the state dir and each shared path."""
+    return ["state", *app["shared_paths"]]
+
+
+def snapshot_cmd(app: dict[str, Any], snap: str) -> str:
+    """Root shell: write the app's data to the tar ``snap`` (a shell word), complete or not at all."""
+    paths = " ".join(q(p) for p in data_paths(app))
+    # tar exits 1 when a file changed while it read it (a live sqlite file): still a copy.
+    return (f"mkdir -p {q(app['snapshot_dir'])} && chmod 0700 {q(app['snapshot_dir'])} && "
+            f"cd {q(app['root'] + '/shared')} && "
+            f"{{ tar -cf \"{snap}.tmp\" --warning=no-file-changed -- {paths} || [ $? -eq 1 ]; }} && "
+            f"mv -f \"{snap}.tmp\" \"{snap}\"")
+
+
+def restore_cmd(app: dict[str, Any], snap: str) -> str:
+    """Root shell: the app's data exactly as in the tar ``snap`` (a shell word)."""
+    paths = " ".join(q(p) for p in data_paths(app))
+    # The directories themselves stay: the service's mount namespace holds them
+    # (ReadWritePaths=), so a new directory under the same name would be invisible to it.
+    return (f"[ -s \"{snap}\" ] && cd {q(app['root'] + '/shared')} && "
+            f"for p in {paths}; do [ ! -d \"$p\" ] || find \"$p\" -mindepth 1 -delete; done && "
+            f"tar -xpf \"{snap}\"")
+
+
 def apply(host: Host) -> None:
+    rerun_setup = bool(host.vars.get("rerun_setup"))
     for app in apps.resolve(host):
         root, group, rel = app["root"], app["group"], app["release_dir"]
         # releases/ is traversable (0751) so nginx can serve static files from
@@ -56,16 +89,39 @@ def apply(host: Host) -> None:
         env = host.render("app.env.j2", app=app)
         candidate = app["env_file"] + ".candidate"
         files.file(host, candidate, env, owner="root", group=group, mode="0640", secret=True)
-        files.tree(host, app["source"], rel, owner="root", group=group, name=rel)
+        # Shared paths are never uploaded: the host's copy is the data.
+        files.tree(host, app["source"], rel, owner="root", group=group, name=rel,
+                   exclude=tuple(app["shared_paths"]))
         files.file(host, f"{rel}/RELEASE", app["release"] + "\n", group=group)
         files.symlink(host, f"{rel}/.venv", f"../../venvs/{app['venv'].rsplit('/', 1)[1]}")
+        for path in app["shared_paths"]:
+            files.directory(host, f"{root}/shared/{path}", owner=app["user"], group=group,
+                            mode="0750")
+            files.symlink(host, f"{rel}/{path}", f"{root}/shared/{path}")
+        if app["build"]:
+            _build(host, app, candidate)
         # Each check runs again whenever what it depends on changes.
         code = _key(app["venv"], app["module"])
         _once(host, app, candidate, f"import-ok-{code}",
               f"python -c {q(IMPORT_CHECK)} {q(app['module'])}",
               f"import {app['module']} in release {app['release']}")
+        # The data as the live release left it, before anything of the new one may
+        # change it: restored if setup or pre_start fails, and by `fab rollback`.
+        hooks = _key(env, *app["setup"], "\0", *app["pre_start"])
+        taken = f"{rel}/.keel-snapshot-{hooks}"  # holds the snapshot's path
+        snap = (f"{app['snapshot_dir']}/{app['release']}.from-"
+                f"$(basename \"$(readlink {q(app['code_dir'])} || echo none)\").tar")
+        server.command(host, f"s={snap} && {snapshot_cmd(app, '$s')} && echo \"$s\" > {q(taken)}",
+                       creates=None if rerun_setup else taken,
+                       name=f"{app['name']}: snapshot of the data before release {app['release']}")
+        if app["setup"]:
+            done = f"{root}/shared/.keel-setup-done"
+            cmd = " && ".join(f"( {c} )" for c in app["setup"])
+            _guarded(host, app, candidate, cmd, taken, done, guard=not rerun_setup,
+                     label=f"setup: {'; '.join(app['setup'])}")
         for cmd in app["pre_start"]:
-            _once(host, app, candidate, f"pre-start-{_key(cmd, env)}", cmd, cmd)
+            _guarded(host, app, candidate, cmd, taken, f"{rel}/.keel-pre-start-{_key(cmd, env)}",
+                     guard=True, label=cmd)
         # The new unit, ini and settings, started for real beside the live service.
         script, tested = uwsgi.canary(host, app, candidate)
         marker = f"{rel}/.keel-canary-ok-{_key(code, env, tested)}"
@@ -74,6 +130,25 @@ def apply(host: Host) -> None:
         # systemd reads the environment only when it starts the service.
         files.file(host, app["env_file"], env, owner="root", group=group, mode="0640",
                    secret=True, notify=f"restart {app['name']}", op_name="template")
+
+
+def _build(host: Host, app: dict[str, Any], env_file: str) -> None:
+    """The ``build`` commands, once per release: the release is the app user's while they
+    run, then root's again and read-only to the app. A failed build removes the release
+    (unless it is live), so the next deploy starts from a fresh upload."""
+    rel, marker = app["release_dir"], f"{app['release_dir']}/.keel-built"
+    owner, frozen = q(f"{app['user']}:{app['group']}"), q(f"root:{app['group']}")
+    cmd = " && ".join(f"( {c} )" for c in app["build"])
+    script = f"""chown -R {owner} {q(rel)}
+if {_as_app_user(app, cmd, env_file)}; then ok=1; else ok=; fi
+chown -R {frozen} {q(rel)} && chmod -R go-w {q(rel)}
+if [ -z "$ok" ]; then
+  [ "$(readlink -f {q(app['code_dir'])})" = {q(rel)} ] || rm -rf {q(rel)}
+  exit 1
+fi
+touch {q(marker)}"""
+    server.command(host, script, creates=marker, chdir=rel,
+                   name=f"{app['name']}: build: {'; '.join(app['build'])}")
 
 
 def _key(*parts: str) -> str:
@@ -85,3 +160,20 @@ def _once(host: Host, app: dict[str, Any], env_file: str, marker: str, cmd: str,
     path = f"{app['release_dir']}/.keel-{marker}"
     server.command(host, _as_app_user(app, cmd, env_file) + f" && touch {q(path)}", creates=path,
                    chdir=app["release_dir"], name=f"{app['name']}: {label}")
+
+
+def _guarded(host: Host, app: dict[str, Any], env_file: str, cmd: str, taken: str,
+             marker: str, guard: bool, label: str) -> None:
+    """Run ``cmd`` (which may change the data) in the release as the app user, then write
+    ``marker`` (and skip it while ``marker`` exists, if ``guard``). On failure put the data
+    back from the snapshot whose path ``taken`` holds, and say so on the last line."""
+    restore = restore_cmd(app, "$s")
+    script = f"""t=$(mktemp)
+if {_as_app_user(app, cmd, env_file)} 2>"$t"; then cat "$t" >&2; rm -f "$t"; else
+  cat "$t" >&2; why=$(grep -v '^[[:space:]]*$' "$t" | tail -n 1); rm -f "$t"; s=$(cat {q(taken)})
+  ( {restore} ) || {{ echo "${{why:-failed}} (restoring the data from $s FAILED)" >&2; exit 1; }}
+  echo "${{why:-failed}} (data restored as before)" >&2; exit 1
+fi
+echo "$(date -u +%FT%TZ) {app['release']}" > {q(marker)}"""
+    server.command(host, script, creates=marker if guard else None, chdir=app["release_dir"],
+                   name=f"{app['name']}: {label}")

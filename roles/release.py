@@ -6,14 +6,17 @@ each new one importing the app from the release ``current`` now points to,
 and the next old one goes only when the new one is ready. nginx keeps sending
 requests all along.
 
-:data:`gate` runs at the end of the play, after handlers: ``/healthz`` and
-``/version`` through nginx, plus the socket and the unit. If that fails and
+:data:`gate` runs at the end of the play, after handlers: the app's health path
+through nginx (a healthy status), every uWSGI worker running the new release
+(its working directory), plus the socket and the unit. If that fails and
 this run switched releases, ``current`` goes back to the previous release,
 uWSGI chain-reloads again, and the run fails with the reason.
 
 Each app keeps ``/srv/<app>/releases.log`` (``<time> <event> <release>``) and
 its last ``keep_releases`` releases; ``fab releases`` lists them and
-``fab rollback`` goes back to the previous good one.
+``fab rollback`` goes back to the previous good one, and puts back the data
+(state dir and shared paths) as that release left it, from the snapshot taken
+when the deploy moved on from it (``--keep-data`` keeps the current data).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from keel.errors import HostError
 from keel.host import Host
 from keel.operation import q
 from keel.ops import files, server
+from roles import app as app_role
 from roles import apps, uwsgi
 
 DEFAULTS: dict[str, Any] = {
@@ -32,7 +36,7 @@ DEFAULTS: dict[str, Any] = {
     "keep_releases": 5,
     # Seconds a chain reload may take before the deploy gives up on it.
     "reload_timeout": 90,
-    # Seconds the new release has to answer /healthz and /version through nginx.
+    # Seconds the new release has to answer healthy through nginx, from its own workers.
     "health_timeout": 30,
 }
 
@@ -139,14 +143,26 @@ def health_problem(host: Host, app: dict[str, Any], release: str) -> str | None:
     if app.get("tls"):  # HTTP only redirects: ask over HTTPS, on this host, for the app's name
         port = app["tls_listen"]
         url = f"-k --resolve {q(f'{name}:{port}:127.0.0.1')} https://{name}:{port}"
+    # The live release is proven by its workers, not by the app: each uWSGI worker
+    # chdirs into `current` when it forks (the ini's hook-post-fork), so its cwd is
+    # the release it imported. No /version endpoint needed.
     script = f"""
+probe() {{ curl -s -o /dev/null -w '%{{http_code}}' --max-time 5 -H {q('Host: ' + name)} {url}"$1"; }}
+{apps.health_check(app)}
+want={q(app['root'] + '/releases/' + release)}
+runs() {{ pid=$(systemctl show -p MainPID --value {q(app['unit'])}); n=0; other=
+  for w in $(pgrep -P "$pid" 2>/dev/null); do
+    c=$(readlink /proc/$w/cwd) || continue; n=$((n + 1))
+    [ "$c" = "$want" ] || other="${{c##*/}}"
+  done
+  [ "$n" -gt 0 ] && [ -z "$other" ]; }}
 end=$(( $(date +%s) + {int(host.vars['health_timeout'])} ))
 while :; do
-  h=$(curl -s -o /dev/null -w '%{{http_code}}' --max-time 5 -H {q('Host: ' + name)} {url}/healthz)
-  v=$(curl -s --max-time 5 -H {q('Host: ' + name)} {url}/version)
-  case "$v" in *{q(release)}*) [ "$h" = 200 ] && break ;; esac
-  [ "$(date +%s)" -lt "$end" ] ||
-    {{ echo "/healthz answered $h, /version answered ${{v:-nothing}}"; exit 1; }}
+  path=$(health_path); h=$(probe "$path")
+  healthy "$h" && runs && break
+  [ "$(date +%s)" -lt "$end" ] || {{
+    healthy "$h" || {{ echo "$path answered $h"; exit 1; }}
+    echo "its workers do not run release {release} (one runs ${{other:-none}})"; exit 1; }}
   sleep 0.3
 done
 [ -S {q(app['socket'])} ] || {{ echo "socket {app['socket']} is missing"; exit 1; }}
@@ -222,18 +238,38 @@ def prune(host: Host, app: dict[str, Any]) -> None:
     if not doomed or host.check:
         return
     releases = app["root"] + "/releases"
+    # A snapshot is named for the release it was taken for (<new>.from-<old>.tar): it
+    # goes with that release.
     server.command(
         host, " && ".join(f"rm -rf {q(releases + '/' + r)}" for r in doomed)
         + f" && for v in {q(app['root'])}/venvs/*; do "
           f"ls -l {q(releases)}/*/.venv 2>/dev/null | grep -q \"/venvs/$(basename \"$v\")$\" "
-          "|| rm -rf \"$v\"; done",
+          "|| rm -rf \"$v\"; done"
+        + f" && for s in {q(app['snapshot_dir'])}/*.tar; do [ -e \"$s\" ] || continue; "
+          f"r=$(basename \"$s\"); [ -d {q(releases)}/\"${{r%%.*}}\" ] || rm -f \"$s\"; done",
         name=f"{app['name']}: prune {len(doomed)} old release(s)")
+
+
+def restore_data(host: Host, app: dict[str, Any], current: str, target: str) -> None:
+    """The data as ``target`` left it: the newest snapshot taken when leaving ``target``
+    (``*.from-<target>.tar``). The current data is kept first, as ``<target>.from-<current>``,
+    so rolling forward again finds it."""
+    snaps, found = q(app["snapshot_dir"]), "$(ls -1t {}/*.from-{}.tar 2>/dev/null | head -n 1)"
+    server.command(host, f"""
+s={found.format(snaps, q(target))}
+[ -n "$s" ] || {{ echo "no snapshot of the data as release {target} left it \
+(fab rollback --keep-data keeps the current data)" >&2; exit 1; }}
+keep={snaps}/{q(target)}.from-{q(current)}.tar
+{app_role.snapshot_cmd(app, '$keep')} && {app_role.restore_cmd(app, '$s')} &&
+echo "data restored from $s; the data before is in $keep"
+""", name=f"{app['name']}: data of release {target} (from its snapshot)")
 
 
 class Rollback:
     """Role for ``fab rollback``: back to the previous good release (or ``rollback_to``)."""
 
-    DEFAULTS: dict[str, Any] = {**DEFAULTS, "rollback_to": "", "rollback_app": ""}
+    DEFAULTS: dict[str, Any] = {**DEFAULTS, "rollback_to": "", "rollback_app": "",
+                                "keep_data": False}
 
     def preflight(self, host: Host) -> None:
         names = [app["name"] for app in apps.resolve(host)]
@@ -256,6 +292,8 @@ class Rollback:
                 raise HostError(host.name, f"app {app['name']}: release {target} does not exist "
                                            f"(have: {', '.join(on_disk) or 'none'})")
             app["release"] = target  # what the gate must now find live
+            if target != current and not host.vars["keep_data"]:
+                restore_data(host, app, current, target)
             before = switch(host, app, target)
             if before is not None:
                 switched[app["name"]] = before

@@ -125,7 +125,6 @@ def canary(host: Host, app: dict[str, Any], env_file: str) -> tuple[str, str]:
     unit_path = f"/run/systemd/system/{c['unit']}"
     name = app["server_name"].split()[0]
     name = "localhost" if name in ("_", "") else name
-    path = app.get("health_path") or "/healthz"
 
     def b64(text: str) -> str:
         return q(base64.b64encode(text.encode()).decode())
@@ -150,23 +149,27 @@ echo {b64(unit)} | base64 -d > {q(unit_path)}
 systemctl daemon-reload
 since=$(date +%s)
 systemctl start "$u" 2>/dev/null || fail "its service did not start"
-# Until it answers 200; an answer other than 200 ten times in a row is its verdict.
-code=000; same=0
+probe() {{ curl -s -o "$t/body" -w '%{{http_code}}' --max-time 5 -H {q('Host: ' + name)} \
+    --unix-socket {q(run_dir + '/http.sock')} "http://localhost$1" 2>/dev/null; }}
+{apps.health_check(app)}
+# Until it answers healthy; an unhealthy answer ten times in a row is its verdict.
+code=000; same=0; path=/healthz
 for i in $(seq 1 150); do
   last=$code
-  code=$(curl -s -o "$t/body" -w '%{{http_code}}' --max-time 5 -H {q('Host: ' + name)} \
-    --unix-socket {q(run_dir + '/http.sock')} {q('http://localhost' + path)} 2>/dev/null)
-  [ "$code" = 200 ] && break
+  code=$(probe /healthz)
+  [ "$code" != 000 ] && path=$(health_path) && code=$(probe "$path")
+  healthy "$code" && break
   [ "$code" != 000 ] && [ "$code" = "$last" ] && same=$((same + 1)) || same=0
   [ "$same" -ge 10 ] && break
   systemctl is-active -q "$u" || break
   sleep 0.2
 done
-if [ "$code" != 200 ]; then
-  [ "$code" = 000 ] && fail "{path} did not answer"
-  fail "{path} answered $code" "$(head -c 200 "$t/body" | tr '\n' ' ')"
+if ! healthy "$code"; then
+  [ "$code" = 000 ] && fail "$path did not answer"
+  fail "$path answered $code" "$(head -c 200 "$t/body" | tr '\n' ' ')"
 fi
 done_
 """
-    key = hashlib.sha256("\0".join((ini, unit, env_file, path)).encode()).hexdigest()[:12]
+    key = hashlib.sha256("\0".join((ini, unit, env_file, apps.health_check(app)))
+                         .encode()).hexdigest()[:12]
     return script, key

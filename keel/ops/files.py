@@ -213,13 +213,20 @@ def tree_digest(local_dir: Path, exclude: tuple[str, ...] = ()) -> str:
     return h.hexdigest()
 
 
+_SKIP = {"__pycache__", ".git", ".venv", ".pytest_cache"}
+
+
 def _walk(root: Path, exclude: tuple[str, ...]) -> list[Path]:
-    skip = {"__pycache__", ".git", ".venv", ".pytest_cache", *exclude}
+    """Files under ``root``, minus caches and the ``exclude`` paths (relative to ``root``)."""
+    excluded = {e.strip("/") for e in exclude}
     out = []
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if d not in skip)
+        rel = Path(dirpath).relative_to(root)
+        dirnames[:] = sorted(d for d in dirnames
+                             if d not in _SKIP and (rel / d).as_posix() not in excluded)
         for name in sorted(filenames):
-            if name not in skip and not name.endswith((".pyc", ".pyo")):
+            if (name not in _SKIP and (rel / name).as_posix() not in excluded
+                    and not name.endswith((".pyc", ".pyo"))):
                 out.append(Path(dirpath) / name)
     return out
 
@@ -249,7 +256,8 @@ def tree(
     group: str = "root",
     exclude: tuple[str, ...] = (),
 ) -> OpGenerator:
-    """``remote_dir`` holds exactly the files of ``local_dir``; replaced as a whole.
+    """``remote_dir`` holds exactly the files of ``local_dir`` (minus the ``exclude`` paths,
+    relative to it); replaced as a whole.
 
     A digest of the local tree and the owner are kept in ``remote_dir/.keel-tree``
     (``<digest> <owner>:<group>``); when both match, nothing is sent. When only

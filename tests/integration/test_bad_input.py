@@ -171,7 +171,14 @@ CASES = [
     Case("pre-start-fails",
          deploy_app(pre_start=["echo 'migration failed: table locked' >&2; exit 3"]),
          H + r"command hello: echo 'migration failed: table locked' >&2; exit 3: "
-             r"migration failed: table locked"),
+             r"migration failed: table locked \(data restored as before\)"),
+    Case("shared-path-escapes", deploy_app(shared_paths=["../etc"]),
+         H + r"app hello: shared_paths: '\.\./etc' is not a path inside the release"),
+    Case("server-name-duplicate",
+         deploy(apps=[*_apps()["apps"], {**_apps()["apps"][0], "name": "hello2"}]),
+         H + r"apps hello and hello2 both use server_name _ on port 80"),
+    Case("healthy-statuses-bad", deploy_app(healthy_statuses="ok"),
+         H + r"app hello: healthy_statuses 'ok' is not a list of codes like '2xx 3xx' or '200 302'"),
     Case("missing-required-config", deploy_app(env={}),
          H + r"command hello: canary of release \w{12}: /healthz answered 503: "
              r".*missing config: APP_SECRET_KEY.*"),

@@ -74,22 +74,36 @@ def test_nginx_site_enabled_and_valid(host: Any, expect: dict) -> None:
     assert test.rc == 0, f"{_who(host)}: nginx -t fails: {test.stderr.strip()}"
 
 
+def _healthy(code: str, statuses: str) -> bool:
+    """``code`` is one of ``statuses`` ("2xx 3xx", "200 302")."""
+    return any(code[:1] == s[:1] and (s[1:] == "xx" or code == s) for s in statuses.split())
+
+
 def test_http_through_nginx(host: Any, expect: dict) -> None:
+    """Each app answers its health path (as the deploy's gate asks it) healthy through nginx."""
     for app in expect["apps"]:
         name = app["server_name"].split()[0] if app["server_name"] != "_" else "localhost"
-        for path in ("/", "/healthz"):
-            if app.get("tls"):  # HTTP redirects; HTTPS serves (checked on this host, -k)
-                port = app["tls_listen"]
-                url = f"-k --resolve {name}:{port}:127.0.0.1 https://{name}:{port}{path}"
-                plain = host.check_output(
-                    f"curl -s -o /dev/null -w '%{{http_code}}' -H 'Host: {name}' "
-                    f"http://127.0.0.1:{app['listen']}{path}")
-                assert plain == "301", (
-                    f"{_who(host)}: GET http://{name}{path} answered {plain}, not 301 to https")
-            else:
-                url = f"-H 'Host: {name}' http://127.0.0.1:{app['listen']}{path}"
-            code = host.check_output(f"curl -s -o /dev/null -w '%{{http_code}}' {url}")
-            assert code == "200", f"{_who(host)}: GET {path} (Host: {name}) answered {code}, not 200"
+        if app.get("tls"):  # HTTP redirects; HTTPS serves (checked on this host, -k)
+            port = app["tls_listen"]
+            base = f"-k --resolve {name}:{port}:127.0.0.1 https://{name}:{port}"
+        else:
+            base = f"-H 'Host: {name}' http://127.0.0.1:{app['listen']}"
+
+        def status(path: str, base: str = base) -> str:
+            return host.check_output(f"curl -s -o /dev/null -w '%{{http_code}}' {base}{path}")
+
+        path = app.get("health_path") or ("/" if status("/healthz") == "404" else "/healthz")
+        if app.get("tls"):
+            plain = host.check_output(
+                f"curl -s -o /dev/null -w '%{{http_code}}' -H 'Host: {name}' "
+                f"http://127.0.0.1:{app['listen']}{path}")
+            assert plain == "301", (
+                f"{_who(host)}: GET http://{name}{path} answered {plain}, not 301 to https")
+        code = status(path)
+        statuses = app.get("healthy_statuses", "2xx 3xx")
+        assert _healthy(code, statuses), (
+            f"{_who(host)}: app {app['name']}: GET {path} (Host: {name}) answered {code}, "
+            f"not {statuses}")
         if app.get("tls"):
             _tls_key_is_private(host, app)
     if _is_lb(expect):
