@@ -22,6 +22,12 @@ from keel.lab import Lab
 ROOT = Path(__file__).resolve().parent.parent
 LAB_NAME = os.environ.get("KEEL_TEST_LAB", "ktest")
 LAB_SUBNET = os.environ.get("KEEL_TEST_SUBNET", "10.83.7.0/24")
+# A lab runs one Debian release: Debian 13 hosts get a lab of their own (default: the
+# test lab's name + "t", third octet + 100).
+_a, _b, _c, _rest = LAB_SUBNET.split(".", 3)
+TRIXIE_LAB = os.environ.get("KEEL_TEST_TRIXIE_LAB", LAB_NAME + "t")
+TRIXIE_SUBNET = os.environ.get("KEEL_TEST_TRIXIE_SUBNET",
+                               f"{_a}.{_b}.{(int(_c) + 100) % 256}.{_rest}")
 
 
 def lab_leftovers(lab: Lab) -> list[str]:
@@ -50,15 +56,17 @@ class TestLab:
 
     __test__ = False  # not a test class
 
-    def __init__(self, tmp: Path) -> None:
-        self.lab = Lab(LAB_NAME, LAB_SUBNET)
+    def __init__(self, tmp: Path, name: str = LAB_NAME, subnet: str = LAB_SUBNET,
+                 release: str = "bookworm") -> None:
+        self.lab = Lab(name, subnet)
+        self.release = release
         self.inventory_path = tmp / "inventory" / "lab.yml"
         # Reuse the project's group_vars so the example app is what gets deployed.
         (tmp / "inventory").mkdir(parents=True, exist_ok=True)
         (tmp / "inventory" / "group_vars").symlink_to(ROOT / "inventory" / "group_vars")
 
     def hosts(self, count: int) -> list[HostSpec]:
-        self.lab.up(count=count)
+        self.lab.up(count=count, release=self.release)
         self.lab.write_inventory(self.inventory_path)
         return Inventory.load(self.inventory_path).hosts()[:count]
 

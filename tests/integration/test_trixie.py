@@ -1,0 +1,51 @@
+"""Debian 13 (trixie): bootstrap -> deploy -> verify of the example app, then a code change
+deployed under load.
+
+A lab runs one Debian release, so trixie hosts get a lab of their own
+(``TRIXIE_LAB``/``TRIXIE_SUBNET`` in tests/conftest.py), torn down at the end.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from keel.connection import Connection
+from tests.conftest import TRIXIE_LAB, TRIXIE_SUBNET, TestLab, fab, lab_leftovers
+from tests.integration.conftest import Variant, _version
+from tests.load import Load
+
+
+@pytest.fixture(scope="module")
+def trixie_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestLab]:
+    tl = TestLab(tmp_path_factory.mktemp("trixie"), TRIXIE_LAB, TRIXIE_SUBNET, "trixie")
+    tl.lab.down()
+    try:
+        yield tl
+    finally:
+        tl.lab.down()
+    assert not lab_leftovers(tl.lab), lab_leftovers(tl.lab)
+
+
+def test_trixie_bootstrap_deploy_verify(trixie_lab: TestLab, tmp_path: Path) -> None:
+    spec = trixie_lab.host("lab1")
+    inv = trixie_lab.inventory_path
+    fab("bootstrap", "--limit", "lab1", inventory=inv, check=True)
+    fab("deploy", "--limit", "lab1", inventory=inv, check=True)
+    proc = fab("verify", "--limit", "lab1", inventory=inv)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    conn = Connection.open(spec, user="deploy")
+    try:
+        assert "VERSION_CODENAME=trixie" in conn.run("cat /etc/os-release").out
+        python = conn.run("python3 -V").out.split()[1]
+    finally:
+        conn.close()
+    variant = Variant(tmp_path, python)
+    release = variant.change()
+    with Load(f"http://{spec.address}/version", connections=4, max_seconds=240) as load:
+        proc = fab("deploy", "--limit", "lab1", "--extra-vars", variant.extra(), inventory=inv)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert _version(spec) == (200, release)
+    assert load.result is not None and load.result.errors == 0, load.result
