@@ -91,7 +91,7 @@ def flaskr(tmp_path_factory: pytest.TempPathFactory, test_lab: TestLab,
     app = Flaskr(tmp_path_factory.mktemp("flaskr"))
     yield app
     # Leave lab1 with the example app only.
-    conn = Connection.open(deployed)
+    conn = Connection.open(deployed, user="deploy")
     try:
         conn.run("systemctl disable --now flaskr.service flaskr.socket; "
                  "rm -f /etc/systemd/system/flaskr.* /etc/nginx/sites-enabled/flaskr "
@@ -118,7 +118,7 @@ def _titles(browser: Browser) -> list[str]:
 
 
 def _host(deployed: HostSpec, cmd: str) -> str:
-    conn = Connection.open(deployed)
+    conn = Connection.open(deployed, user="deploy")
     try:
         res = conn.run(cmd)
         assert res.ok, res.err
