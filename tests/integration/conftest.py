@@ -86,3 +86,18 @@ def _one_line(proc: subprocess.CompletedProcess[str]) -> str:
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("lab1: ")]
     assert len(lines) == 1, proc.stdout + proc.stderr
     return lines[0]
+
+
+@pytest.fixture(scope="module")
+def root(deployed: HostSpec) -> Iterator[Connection]:
+    """A root agent on lab1, as the deploy user logs in (bootstrap locks the initial one)."""
+    conn = Connection.open(deployed, user="deploy")
+    yield conn
+    conn.close()
+
+
+def run_ok(conn: Connection, script: str) -> str:
+    """``script``'s output; a failure fails the test with its stderr."""
+    res = conn.run(script)
+    assert res.ok, f"{script}: {res.err}"
+    return res.out

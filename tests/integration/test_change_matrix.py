@@ -27,7 +27,7 @@ from keel.connection import Connection
 from keel.inventory import HostSpec
 from roles.uwsgi import READ_STATS
 from tests.conftest import ROOT, TestLab, fab
-from tests.integration.conftest import Variant, _deploy, _one_line, _version
+from tests.integration.conftest import Variant, _deploy, _one_line, _version, run_ok
 from tests.load import Load, LoadResult
 
 REPORT = ROOT / "reports" / "change-matrix.md"
@@ -47,17 +47,8 @@ def report() -> Iterator[None]:
         REPORT.write_text("\n".join(lines) + "\n")
 
 
-@pytest.fixture
-def root(deployed: HostSpec) -> Iterator[Connection]:
-    conn = Connection.open(deployed, user="deploy")
-    yield conn
-    conn.close()
-
-
 def _run(conn: Connection, script: str) -> str:
-    res = conn.run(script)
-    assert res.ok, f"{script}: {res.err}"
-    return res.out.strip()
+    return run_ok(conn, script).strip()
 
 
 def _runtime(spec: HostSpec) -> dict:

@@ -12,7 +12,6 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,7 +20,7 @@ from keel.connection import Connection
 from keel.errors import HostError
 from keel.inventory import HostSpec
 from tests.conftest import TestLab, fab
-from tests.integration.conftest import _version
+from tests.integration.conftest import _version, run_ok
 from tests.load import Load
 
 MAX_APP_EXPOSURE = 1.5
@@ -29,17 +28,7 @@ MAX_NGINX_EXPOSURE = 3.5
 SSH_AUDIT = Path(sys.executable).parent / "ssh-audit"
 
 
-@pytest.fixture(scope="module")
-def root(deployed: HostSpec) -> Iterator[Connection]:
-    conn = Connection.open(deployed, user="deploy")
-    yield conn
-    conn.close()
-
-
-def _run(conn: Connection, script: str) -> str:
-    res = conn.run(script)
-    assert res.ok, f"{script}: {res.err}"
-    return res.out
+_run = run_ok
 
 
 def _exposure(conn: Connection, unit: str) -> float:
