@@ -106,7 +106,8 @@ def _stop_http_server(ctx: Ctx, conn: Connection) -> None:
 
 def _password_sudo_user(ctx: Ctx, conn: Connection) -> None:
     key = Path(ctx.spec.key_file + ".pub").read_text().strip()
-    conn.run("id pwuser >/dev/null 2>&1 || useradd -m -s /bin/bash pwuser; "
+    # In the deploy group: sshd lets only that group in (AllowGroups).
+    conn.run("id pwuser >/dev/null 2>&1 || useradd -m -s /bin/bash -G deploy pwuser; "
              "echo 'pwuser:right-password' | chpasswd; "
              "echo 'pwuser ALL=(ALL) ALL' > /etc/sudoers.d/pwuser; chmod 440 /etc/sudoers.d/pwuser; "
              "install -d -m 700 -o pwuser -g pwuser ~pwuser/.ssh; "
@@ -199,12 +200,14 @@ CASES = [
                       str(ctx.inventory(ansible_ssh_private_key_file=_other_key(ctx)))],
          H + r"authentication failed for deploy@10\.83\.\d+\.11 \(/.*/wrong_key\)"),
     Case("sudo-password-wrong",
-         lambda ctx: ["bootstrap", "--check", "--inventory", str(ctx.inventory(ansible_user="pwuser"))],
+         lambda ctx: ["bootstrap", "--check", "--inventory",
+                      str(ctx.inventory(ansible_user="pwuser", initial_user="keep"))],
          H + r"sudo failed: wrong or missing sudo password",
          env=lambda ctx: {"FABRIC_SUDO_PASSWORD": "wrong-password"},
          setup=_password_sudo_user, teardown=_remove_password_sudo_user),
     Case("sudo-password-missing",
-         lambda ctx: ["bootstrap", "--check", "--inventory", str(ctx.inventory(ansible_user="pwuser"))],
+         lambda ctx: ["bootstrap", "--check", "--inventory",
+                      str(ctx.inventory(ansible_user="pwuser", initial_user="keep"))],
          H + r"sudo failed: wrong or missing sudo password",
          setup=_password_sudo_user, teardown=_remove_password_sudo_user),
     Case("rollback-unknown-release",
