@@ -25,7 +25,7 @@ from typing import Any
 
 from keel.host import Host
 from keel.operation import q
-from keel.ops import files, systemd
+from keel.ops import files, server, systemd
 from roles import apps
 
 DEFAULTS: dict[str, Any] = {}
@@ -45,6 +45,44 @@ def read_stats(path, timeout=5):
     s.close()
     return json.loads(data)
 """
+
+
+# Runs on the host: a graceful reload of the unit, then wait until every worker that
+# was alive has been replaced and every worker accepts requests. ``systemctl
+# reload`` returns as soon as SIGHUP is sent; the reload itself (old workers
+# finishing their requests, the master re-executing, new workers importing the
+# app) is what the deploy must wait for before it calls the app healthy.
+RELOADED = READ_STATS + r"""
+import subprocess, sys, time
+stats, timeout, unit = sys.argv[1], float(sys.argv[2]), sys.argv[3]
+def workers():
+    return read_stats(stats)["workers"]
+try:
+    old = {w["pid"] for w in workers() if w["pid"] > 0}
+except (OSError, ValueError):  # not running: start it
+    sys.exit(subprocess.run(["systemctl", "reload-or-restart", unit]).returncode)
+subprocess.run(["systemctl", "reload", unit], check=True)
+deadline = time.monotonic() + timeout
+now = []
+while time.monotonic() < deadline:
+    time.sleep(0.2)
+    try:
+        now = workers()
+    except (OSError, ValueError):  # the master is re-executing
+        continue
+    if now and all(w["pid"] > 0 and w["accepting"] for w in now) and not old & {w["pid"] for w in now}:
+        sys.exit(0)
+left = [str(w["id"]) for w in now if w["pid"] in old or w["pid"] <= 0]
+sys.exit(f"graceful reload did not finish in {timeout:.0f}s; waiting for worker(s) {', '.join(left)}")
+"""
+
+
+def reload_and_wait(host: Host, app: dict[str, Any]) -> Any:
+    """Graceful reload (SIGHUP) of ``app``'s service, done when every worker is new and accepts."""
+    timeout = 2 * int(app["harakiri"]) + 30  # worker-reload-mercy is harakiri
+    return server.command(
+        host, f"python3 -c {q(RELOADED)} {q(app['stats_socket'])} {timeout} {q(app['unit'])}",
+        name=f"{app['name']}: graceful reload")
 
 
 def socket_unit(app: dict[str, Any]) -> str:
@@ -90,9 +128,9 @@ def handlers(host: Host) -> dict[str, Callable[[Host], Any]]:
         out[restart] = (lambda h, u=unit, s=restart_socket:
                         None if s in h.handled else systemd.restart(h, u))
     for app in apps.resolve(host):
-        unit, (restart_socket, restart, reload) = app["unit"], _handler_names(app)
-        out[reload] = (lambda h, u=unit, done=(restart_socket, restart):
-                       None if set(done) & set(h.handled) else systemd.reload(h, u))
+        restart_socket, restart, reload = _handler_names(app)
+        out[reload] = (lambda h, a=app, done=(restart_socket, restart):
+                       None if set(done) & set(h.handled) else reload_and_wait(h, a))
     return out
 
 

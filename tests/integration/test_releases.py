@@ -69,7 +69,7 @@ def test_changed_ini_is_a_graceful_reload_under_load(test_lab: TestLab, deployed
         with Load(f"http://{deployed.address}/version", connections=4, max_seconds=120) as load:
             proc = _deploy(test_lab, variant, threads=2)
         assert proc.returncode == 0, proc.stdout[-2000:]
-        assert "reload hello.service" in proc.stdout and "restart hello" not in proc.stdout
+        assert "hello: graceful reload" in proc.stdout and "restart hello" not in proc.stdout
         assert conn.run("systemctl show -p MainPID --value hello").out.strip() == pid
         script = READ_STATS + "print(json.dumps(read_stats('/run/hello/stats.sock')))"
         stats = conn.run(f"python3 -c {shlex.quote(script)}")
