@@ -26,8 +26,9 @@ from keel.inventory import HostSpec
 from tests.conftest import LAB_SUBNET, TestLab, fab
 
 GHOST = str(ipaddress.ip_network(LAB_SUBNET).network_address + 250)
-BOOTSTRAP_OPS = ["update", "packages", "hostname", "user", "authorized_key", "file", "template",
-                 "service", "service", "template", "service", "template", "service"]
+BOOTSTRAP_OPS = ["absent", "template", "update", "packages", "hostname", "user", "authorized_key",
+                 "file", "template", "template", "service", "service", "template", "service",
+                 "command", "template", "service", "command"]
 
 
 @pytest.fixture(scope="module")
@@ -164,7 +165,8 @@ def test_json_report_and_stats(write_inventory, logins: Logins, tmp_path: Path) 
     doc = json.loads(report.read_text())
     assert (doc["play"], doc["check"], list(doc["hosts"])) == ("bootstrap", True, ["lab2"])
     host = doc["hosts"]["lab2"]
-    assert [r["op"] for r in host["results"]] == BOOTSTRAP_OPS
+    ops = [r["op"] for r in host["results"]]
+    assert ops == BOOTSTRAP_OPS, " ".join(ops)
     assert all(set(r) == {"op", "target", "changed", "failed", "reason", "error", "diff", "seconds"}
                for r in host["results"])
     by_op = {(r["op"], r["target"]): r for r in host["results"]}
@@ -176,8 +178,9 @@ def test_json_report_and_stats(write_inventory, logins: Logins, tmp_path: Path) 
     assert host["ok"] == len(BOOTSTRAP_OPS) and host["failed"] is False
     assert host["changed"] == sum(r["changed"] for r in host["results"])
 
-    # Check mode: the facts, then one probe per operation, one command each.
-    assert host["round_trips"] == host["commands"] == 1 + len(BOOTSTRAP_OPS)
+    # Check mode: the facts, one probe per operation, one command each, and the role's two
+    # reads (which security sources apt has, what sshd offers).
+    assert host["round_trips"] == host["commands"] == 1 + len(BOOTSTRAP_OPS) + 2
     lines = proc.stdout.splitlines()
     header = lines[lines.index("RECAP") + 1]
     assert re.sub(r"\s+", " ", header).strip() == (
