@@ -155,9 +155,11 @@ def logs(c, inventory=None, limit=None, app="", since="", follow=False, lines=50
         failed = logs_role.show(hosts, only=app, since=since, follow=follow, lines=int(lines),
                                 login=plays.login, sudo_password=cli.options(c).sudo_password)
     except KeyboardInterrupt:
-        # Every remote journalctl has been ended and nothing is left to clean up, so
-        # leave at once: tearing down the interpreter (paramiko's threads and
-        # objects, the thread pool) took seconds on a loaded machine after Ctrl-C.
+        # Every started remote journalctl has been ended, so leave at once. A normal
+        # exit tears the interpreter down (GC and module cleanup: ~0.13 s of CPU,
+        # 7x what the Ctrl-C itself costs), which a saturated machine stretched
+        # to 2-9 s. A host still connecting needs nothing either: its connection
+        # dies with this process, and with it whatever sshd had started there.
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(0)

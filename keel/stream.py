@@ -25,7 +25,7 @@ import contextlib
 import shlex
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 import paramiko
@@ -73,10 +73,12 @@ class _Stream:
     conn: Connection
     chan: paramiko.Channel
 
-    def stop(self) -> None:
-        """Close stdin first (the watchdog ends the command), then the channel and connection."""
+    def end(self) -> None:
+        """Close the command's stdin: the watchdog ends the command on the host."""
         with contextlib.suppress(Exception):
             self.chan.shutdown_write()
+
+    def close(self) -> None:
         with contextlib.suppress(Exception):
             self.chan.close()
         with contextlib.suppress(Exception):
@@ -95,22 +97,39 @@ def stream(
 ) -> dict[str, int | KeelError]:
     """Run ``command(spec)`` on every host and pass each output line to ``on_line``.
 
-    Returns when every command has ended: host name -> exit status, or the
-    error that kept the stream from starting (also passed to ``on_error`` at
-    once, so the other hosts' lines keep coming). On Ctrl-C every stream is
-    ended (remote commands included) before ``KeyboardInterrupt`` propagates.
+    Each host's lines flow as soon as its stream has started, whatever the
+    other hosts are doing. Returns when every command has ended: host name ->
+    exit status, or the error that kept the stream from starting (also passed
+    to ``on_error`` at once, so the other hosts' lines keep coming). On Ctrl-C
+    every started stream is ended (remote commands included) before
+    ``KeyboardInterrupt`` propagates, without waiting for hosts still
+    connecting: each of those ends its own stream as soon as it has one.
     """
-    lock = threading.Lock()
+    lock = threading.Lock()  # one on_line / on_error call at a time
+    registry = threading.Lock()  # guards streams, readers and the end of the run
+    ended = threading.Event()
     streams: list[_Stream] = []
+    readers: list[threading.Thread] = []
     status: dict[str, int | KeelError] = {}
 
     def fail(name: str, exc: KeelError) -> None:
         status[name] = exc
-        if on_error is not None:
+        if on_error is not None and not ended.is_set():  # after Ctrl-C, nobody is listening
             with lock:
                 on_error(exc)
 
+    def read(s: _Stream) -> None:
+        with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
+            for raw in s.chan.makefile("rb"):
+                line = raw.decode(errors="replace").rstrip("\r\n")
+                with lock:
+                    on_line(s.name, line)
+        # The exit status follows the end of output; a channel closed by us has none.
+        status[s.name] = s.chan.exit_status if s.chan.status_event.wait(5) else -1
+
     def start(spec: HostSpec) -> None:
+        if ended.is_set():
+            return
         try:
             user = login(spec) if login else None
             conn = Connection.open(spec, sudo_password=sudo_password, user=user)
@@ -129,30 +148,39 @@ def stream(
             conn.close()
             fail(spec.name, HostError(spec.name, f"cannot start the stream: {exc}"))
             return
-        with lock:
-            streams.append(_Stream(spec.name, conn, chan))
+        s = _Stream(spec.name, conn, chan)
+        reader = threading.Thread(target=read, args=(s,), name=f"stream-{s.name}", daemon=True)
+        with registry:
+            late = ended.is_set()
+            if not late:
+                streams.append(s)
+                readers.append(reader)
+        if late:  # the run ended (Ctrl-C) while this host was connecting
+            s.end()
+            s.close()
+        else:
+            reader.start()
 
-    def read(s: _Stream) -> None:
-        with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
-            for raw in s.chan.makefile("rb"):
-                line = raw.decode(errors="replace").rstrip("\r\n")
-                with lock:
-                    on_line(s.name, line)
-        # The exit status follows the end of output; a channel closed by us has none.
-        status[s.name] = s.chan.exit_status if s.chan.status_event.wait(5) else -1
-
-    readers: list[threading.Thread] = []
+    pool = ThreadPoolExecutor(max_workers=max(1, min(parallel, len(hosts))))
     try:
-        with ThreadPoolExecutor(max_workers=max(1, min(parallel, len(hosts)))) as pool:
-            list(pool.map(start, hosts))
-        for s in streams:
-            t = threading.Thread(target=read, args=(s,), name=f"stream-{s.name}", daemon=True)
-            t.start()
-            readers.append(t)
-        for t in readers:
-            while t.is_alive():  # short joins: Ctrl-C reaches the main thread at once
-                t.join(0.2)
+        starting = [pool.submit(start, spec) for spec in hosts]
+        # Short waits: the main thread notices Ctrl-C at once even when the
+        # kernel hands SIGINT to another thread (paramiko's, a reader).
+        while wait(starting, timeout=0.2).not_done:
+            pass
+        for future in starting:
+            future.result()  # an unexpected error in start() is raised here
+        for reader in readers:  # each started before its start() returned
+            while reader.is_alive():
+                reader.join(0.2)
     finally:
-        for s in streams:
-            s.stop()
+        with registry:
+            ended.set()
+            started = list(streams)
+        # Never wait for a host still connecting (up to its SSH timeouts).
+        pool.shutdown(wait=False, cancel_futures=True)
+        for s in started:  # every remote command first, then the local side
+            s.end()
+        for s in started:
+            s.close()
     return {spec.name: status.get(spec.name, -1) for spec in hosts}

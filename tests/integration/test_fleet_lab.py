@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -216,43 +217,105 @@ def test_logs_prefix_every_line_with_its_host(fleet: Fleet) -> None:
     assert bad.returncode != 0 and f"{fleet.lb.name}  Failed to parse timestamp" in bad.stdout
 
 
-def test_logs_follow_ends_cleanly_on_ctrl_c(fleet: Fleet, tmp_path: Path) -> None:
-    out = tmp_path / "follow.out"
+def _follow(fleet: Fleet, out: Path) -> subprocess.Popen[bytes]:
+    """``fab logs --follow`` of the app on every app host, printing into ``out``."""
     with open(out, "w") as fh:
-        proc = subprocess.Popen(
+        return subprocess.Popen(
             [sys.executable, "-m", "fabric", "logs", "--follow", "--app", "hello", "--lines", "0",
              "--inventory", str(fleet.inventory)], cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT)
-    try:
-        seen: set[str] = set()
-        deadline = time.monotonic() + 30
-        while seen != {s.name for s in fleet.apps} and time.monotonic() < deadline:
-            # uWSGI logs only slow (over log_slow_ms) and failing requests.
-            _get(f"http://{fleet.lb.address}/io?seconds=1.1")
-            seen = {ln.split()[0] for ln in out.read_text().splitlines() if "GET /io" in ln}
-        assert seen == {s.name for s in fleet.apps}, out.read_text()[-2000:]
-        proc.send_signal(signal.SIGINT)
+
+
+def _await_lines(fleet: Fleet, out: Path, hosts: list[HostSpec]) -> None:
+    """Until each of ``hosts`` has printed a line: uWSGI logs only slow and failing requests."""
+    names, seen = {s.name for s in hosts}, set()
+    deadline = time.monotonic() + 30
+    while not names <= seen and time.monotonic() < deadline:
+        _get(f"http://{fleet.lb.address}/io?seconds=1.1")
+        seen = {ln.split()[0] for ln in out.read_text().splitlines() if "GET /io" in ln}
+    assert names <= seen, out.read_text()[-2000:]
+
+
+def _stream_gone_after(conn: Connection, since: float, limit: float = 30) -> float:
+    """Seconds from ``since`` until the host runs no stream (sudo, watchdog, journalctl)."""
+    while time.monotonic() - since < limit:
+        # "[-]": the pattern does not match the shell running pgrep.
+        if not conn.run("pgrep -af 'journalctl [-]-no-pager'; true").out.strip():
+            break
+        time.sleep(0.05)
+    return time.monotonic() - since
+
+
+def _ctrl_c(proc: subprocess.Popen[bytes],
+            checks: list[Connection]) -> tuple[float, dict[str, float]]:
+    """SIGINT ``proc``; seconds until it exits, and until each host runs no stream, from the signal.
+
+    The hosts are watched over connections opened beforehand, while fab exits.
+    """
+    with ThreadPoolExecutor(len(checks)) as pool:
         sent = time.monotonic()
-        rc = proc.wait(timeout=30)
+        proc.send_signal(signal.SIGINT)
+        gone = {c.spec.name: pool.submit(_stream_gone_after, c, sent) for c in checks}
+        with contextlib.suppress(subprocess.TimeoutExpired):  # then `took` fails the bound
+            proc.wait(timeout=30)
         took = time.monotonic() - sent
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+        return took, {name: round(f.result(), 2) for name, f in gone.items()}
+
+
+def _ended_cleanly(proc: subprocess.Popen[bytes], out: Path, took: float,
+                   gone: dict[str, float]) -> None:
     text = out.read_text()
-    assert rc == 0, text[-2000:]
-    assert "Traceback" not in text
-    assert took < 2, f"fab logs --follow took {took:.1f} s to end after Ctrl-C"
-    for spec in fleet.apps:  # the remote journalctl and its watchdog end too
-        conn = Connection.open(spec, user="deploy")
+    assert proc.returncode == 0, (proc.returncode, text[-2000:])
+    assert "Traceback" not in text, text[-2000:]
+    assert took < 2, f"fab logs --follow took {took:.2f} s to end after Ctrl-C"
+    assert all(t < 2 for t in gone.values()), f"seconds until no stream was left: {gone}"
+
+
+def test_logs_follow_ends_cleanly_on_ctrl_c(fleet: Fleet, tmp_path: Path) -> None:
+    """Ctrl-C ends fab and every remote journalctl within 2 s of the signal."""
+    out = tmp_path / "follow.out"
+    checks = [Connection.open(spec, user="deploy") for spec in fleet.apps]
+    try:
+        proc = _follow(fleet, out)
         try:
-            deadline = time.monotonic() + 2
-            while True:  # "[-]": the pattern does not match the shell running pgrep
-                left = conn.run("pgrep -af 'journalctl [-]-no-pager'; true").out
-                if not left.strip() or time.monotonic() > deadline:
-                    break
-                time.sleep(0.1)
+            _await_lines(fleet, out, fleet.apps)
+            took, gone = _ctrl_c(proc, checks)
         finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    finally:
+        for conn in checks:
             conn.close()
-        assert not left.strip(), f"{spec.name}: still running 2 s after Ctrl-C: {left}"
+    print(f"\nCtrl-C: fab ended after {took:.2f} s, the remote streams after {gone} s")
+    _ended_cleanly(proc, out, took, gone)
+
+
+def test_logs_follow_ctrl_c_while_a_host_is_still_connecting(fleet: Fleet,
+                                                              tmp_path: Path) -> None:
+    """A host whose sshd does not answer holds back neither the others' lines nor Ctrl-C."""
+    *serving, stuck = fleet.apps
+    out = tmp_path / "follow.out"
+    checks = [Connection.open(spec, user="deploy") for spec in fleet.apps]
+    # The listener stopped, a new connection is accepted by the kernel and then
+    # waits for the SSH banner (paramiko gives up after 15 s).
+    checks[-1].run("kill -STOP $(cat /run/sshd.pid)")
+    try:
+        proc = _follow(fleet, out)
+        try:
+            _await_lines(fleet, out, serving)
+            assert f"{stuck.name}:" not in out.read_text(), "the stuck host gave up too soon"
+            took, gone = _ctrl_c(proc, checks)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    finally:
+        checks[-1].run("kill -CONT $(cat /run/sshd.pid)")
+        for conn in checks:
+            conn.close()
+    print(f"\nCtrl-C while {stuck.name} connects: fab ended after {took:.2f} s, "
+          f"the remote streams after {gone} s")
+    _ended_cleanly(proc, out, took, gone)
 
 
 # ------------------------------------------------------------------ TLS
