@@ -6,6 +6,9 @@ locked out. If that login fails, the run stops and sshd stays as it was. The
 hardened sshd is then proven by another fresh login before it stays; if that
 fails, the previous settings are restored. Only then is the initial login user
 (the one this run came in as) locked out of SSH and sudo (``initial_user: lock``).
+
+``os_hardening`` adds the OS settings an audit (Lynis) asks for and that cost
+the apps nothing (docs/security.md lists them, and what is left and why).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import Any
 
 from keel.errors import HostError
 from keel.host import Host
+from keel.operation import q
 from keel.ops import apt, files, server, systemd
 
 DEFAULTS: dict[str, Any] = {
@@ -48,10 +52,51 @@ DEFAULTS: dict[str, Any] = {
     "ssh_rate_limit": "60/minute",
     "ssh_rate_burst": 30,
     "ssh_port": 22,
+    # "local" lets ProxyJump through this host and nothing else; "no" (Lynis' wish)
+    # makes it useless as a jump host; "yes" allows remote (-R) forwards too.
+    "ssh_allow_tcp_forwarding": "local",
+    # Keys tried per connection: an agent holding more keys needs IdentitiesOnly/IdentityFile.
+    "ssh_max_auth_tries": 3,
+    # Sessions per connection: keel uses 2 at most (its agent and a log stream);
+    # more only for ControlMaster users who multiplex many shells over one connection.
+    "ssh_max_sessions": 2,
     # The image's initial login user (the one bootstrap logs in as, e.g. debian,
     # admin, ubuntu), once the deploy user is proven: "lock" removes its sudo
     # rights and SSH access, "keep" leaves it as it is.
     "initial_user": "lock",
+    # OS settings an audit (Lynis) asks for and that cost the apps nothing:
+    # login banner, no core dumps, no USB/FireWire storage or rare protocols,
+    # stricter login.defs, idle interactive shells logged out (docs/security.md).
+    "os_hardening": True,
+    "login_banner": ("Authorized access only. Unauthorized use is prohibited and may be reported "
+                     "to law enforcement. All connections are monitored and audited."),
+    # Audit helpers: per-user temp dirs, password quality rules, package checksums,
+    # changelogs of upgrades, process accounting, and needrestart, which lists the
+    # services an upgrade left on old libraries (list only: it restarts nothing).
+    "os_hardening_packages": ["libpam-tmpdir", "libpam-pwquality", "debsums",
+                              "apt-listchanges", "acct", "needrestart"],
+    # Kernel settings (/etc/sysctl.d/60-keel.conf), applied in this order. A host that
+    # routes (containers, VPN) needs net.ipv4.conf.all.forwarding: 1 here. Forwarding
+    # comes first: setting it resets net.ipv4.conf.all.accept_redirects.
+    "sysctl_hardening": {
+        "net.ipv4.conf.all.forwarding": 0,
+        "dev.tty.ldisc_autoload": 0, "fs.protected_fifos": 2, "fs.protected_regular": 2,
+        "fs.protected_symlinks": 1, "fs.protected_hardlinks": 1, "fs.suid_dumpable": 0,
+        "kernel.core_uses_pid": 1, "kernel.ctrl-alt-del": 0, "kernel.dmesg_restrict": 1,
+        "kernel.kptr_restrict": 2, "kernel.perf_event_paranoid": 3,
+        "kernel.unprivileged_bpf_disabled": 1, "kernel.sysrq": 0,
+        "net.ipv4.conf.all.log_martians": 1,
+        "net.ipv4.conf.default.log_martians": 1, "net.ipv4.conf.all.rp_filter": 1,
+        "net.ipv4.conf.all.send_redirects": 0, "net.ipv4.conf.all.accept_redirects": 0,
+        "net.ipv4.conf.default.accept_redirects": 0, "net.ipv4.conf.all.accept_source_route": 0,
+        "net.ipv4.conf.default.accept_source_route": 0, "net.ipv6.conf.all.accept_redirects": 0,
+        "net.ipv6.conf.default.accept_redirects": 0, "net.ipv4.tcp_syncookies": 1,
+    },
+    # Seconds an idle interactive shell stays (0: forever).
+    "shell_idle_timeout": 900,
+    # /etc/login.defs: new files 027, SHA-512 rounds, password ageing (deploy users have no password).
+    "login_defs": {"UMASK": "027", "SHA_CRYPT_MIN_ROUNDS": "5000", "SHA_CRYPT_MAX_ROUNDS": "10000",
+                   "PASS_MIN_DAYS": "1", "PASS_MAX_DAYS": "365"},
 }
 
 SSHD_CONF = "/etc/ssh/sshd_config.d/10-keel.conf"
@@ -65,8 +110,16 @@ SECURITY_SOURCES = "/etc/apt/sources.list.d/keel-security"
 # ssh-audit fails RSA host keys below this size.
 MIN_RSA_BITS = 3072
 
+# Each key of the file whose /proc/sys entry is writable (in a container the
+# kernel's own are not): systemd-sysctl applies them at boot where it may.
+APPLY_SYSCTL = (
+    "grep -E '^[a-z]' /etc/sysctl.d/60-keel.conf | while read -r k _ v; do"
+    ' [ -w "/proc/sys/$(echo "$k" | tr . /)" ] || continue; sysctl -q -w "$k=$v"; done'
+)
+
 HANDLERS = {
     "reload sshd": lambda host: systemd.reload(host, "ssh"),
+    "apply sysctl": lambda host: server.command(host, APPLY_SYSCTL, name="apply sysctl"),
     "reload firewall": lambda host: systemd.reload(host, "nftables"),
 }
 
@@ -107,6 +160,9 @@ def apply(host: Host) -> None:
     # host owns the clock, so "running" is not asked for.
     systemd.service(host, "systemd-timesyncd", enabled=True, running=None)
 
+    if v["os_hardening"]:
+        os_hardening(host)
+
     files.template(host, "nftables.conf.j2", "/etc/nftables.conf", mode="0755",
                    validate="nft -c -f %s", notify="reload firewall")
     systemd.service(host, "nftables", enabled=True, running=True)
@@ -136,6 +192,36 @@ def security_sources(host: Host) -> bool:
         return files.absent(host, SECURITY_SOURCES + ours).changed
     return files.template(host, f"apt-security{ours}.j2", SECURITY_SOURCES + ours,
                           codename=codename, components=["main"]).changed
+
+
+def os_hardening(host: Host) -> None:
+    """Small OS settings an audit asks for (see ``os_hardening`` in DEFAULTS)."""
+    for path in ("/etc/issue", "/etc/issue.net"):
+        files.template(host, "issue.j2", path)
+    files.template(host, "os-hardening-limits.conf.j2", "/etc/security/limits.d/10-keel.conf")
+    files.directory(host, "/etc/modprobe.d", mode="0755")
+    files.template(host, "os-hardening-modprobe.conf.j2", "/etc/modprobe.d/10-keel.conf")
+    files.template(host, "os-hardening-profile.sh.j2", "/etc/profile.d/10-keel.sh")
+    files.directory(host, "/etc/systemd/coredump.conf.d", mode="0755")
+    files.template(host, "os-hardening-coredump.conf.j2", "/etc/systemd/coredump.conf.d/10-keel.conf")
+    files.template(host, "os-hardening-sysctl.conf.j2", "/etc/sysctl.d/60-keel.conf",
+                   notify="apply sysctl")
+    # Before needrestart is installed, so that it never restarts a service by itself.
+    files.directory(host, "/etc/needrestart/conf.d", mode="0755")
+    files.file(host, "/etc/needrestart/conf.d/10-keel.conf",
+               "# Managed by keel: list the services to restart, never restart them.\n"
+               "$nrconf{restart} = 'l';\n")
+    apt.packages(host, host.vars["os_hardening_packages"])
+    for key, value in host.vars["login_defs"].items():
+        # One line for the key (a commented-out default "#KEY value" goes too; prose
+        # comments that merely name it stay): tools read the first or all of them.
+        defs = "/etc/login.defs"
+        server.command(
+            host, f"sed -i -E '/^#?{key}[[:space:]]/d' {defs}"
+                  f" && printf '%s\\t%s\\n' {key} {q(str(value))} >> {defs}",
+            unless=f"[ \"$(grep -cE '^#?{key}[[:space:]]' {defs})\" = 1 ]"
+                   f" && grep -qE '^{key}[[:space:]]+{value}$' {defs}",
+            name=f"login.defs {key} {value}")
 
 
 def _initial_user(host: Host) -> str | None:

@@ -7,8 +7,10 @@ nginx is reloaded (never restarted), and only when something changed.
 
 The distribution's ``nginx.service`` gets a sandbox through a drop-in
 (``templates/nginx-hardening.conf.j2``). Only a changed drop-in restarts nginx
-(systemd applies a sandbox at start); if nginx then fails to start, the
-drop-in is set aside, nginx is started as it was, and the run fails saying so.
+(systemd applies a sandbox at start). A candidate drop-in is first tried on a
+throwaway ``nginx -t`` run by ``systemd-run`` with the same settings, so one
+that nginx cannot start under is never written; if nginx still fails to start,
+the drop-in is set aside, nginx is started as it was, and the run fails saying so.
 """
 
 from __future__ import annotations
@@ -22,14 +24,27 @@ from keel.ops import apt, files, server, systemd
 from roles import apps
 
 DEFAULTS: dict[str, Any] = {
-    "nginx_packages": ["nginx"],
+    # logrotate: nginx only recommends it, and apt here installs no recommends;
+    # without it nginx's logs grow forever.
+    "nginx_packages": ["nginx", "logrotate"],
     # Debian's own site; disabled so only our apps answer.
     "nginx_disable_default_site": True,
     # Sandbox nginx.service with templates/nginx-hardening.conf.j2 (exposure 9.6 -> 2.5).
     "nginx_hardening": True,
+    # More [Service] lines for that drop-in, e.g. "ReadWritePaths=/srv/logs" for
+    # logs kept elsewhere.
+    "nginx_hardening_extra": [],
 }
 
 HARDENING_DROPIN = "/etc/systemd/system/nginx.service.d/10-keel-hardening.conf"
+
+# The candidate drop-in's settings applied to a transient `nginx -t`: a sandbox
+# nginx cannot start under (a path that does not exist, a capability too few to
+# read its keys) fails here, before the drop-in is written.
+HARDENING_VALIDATE = (
+    'set --; while IFS= read -r l; do case "$l" in [A-Z]*=*) set -- "$@" -p "$l";; esac;'
+    ' done < %s; systemd-run --quiet --wait --pipe --collect "$@" /usr/sbin/nginx -t -q'
+)
 
 # Restart under the new drop-in; if nginx cannot start with it, put it aside
 # (.failed), start nginx as it was and fail with the journal's last word.
@@ -90,7 +105,8 @@ def harden(host: Host) -> None:
     """The sandbox drop-in for nginx.service, or none if ``nginx_hardening`` is off."""
     if host.vars["nginx_hardening"]:
         files.directory(host, HARDENING_DROPIN.rsplit("/", 1)[0], mode="0755")
-        files.template(host, "nginx-hardening.conf.j2", HARDENING_DROPIN, notify="restart nginx")
+        files.template(host, "nginx-hardening.conf.j2", HARDENING_DROPIN,
+                       validate=HARDENING_VALIDATE, notify="restart nginx")
     else:
         files.absent(host, HARDENING_DROPIN, notify="restart nginx")
 

@@ -17,11 +17,31 @@ from roles import apps
 DEFAULTS: dict[str, Any] = {
     # python3-venv for the venvs; a compiler and headers because pip builds uWSGI.
     "python_packages": ["python3", "python3-venv", "python3-dev", "build-essential"],
+    # The compilers and the assembler may be run by root only (dpkg-statoverride, so
+    # upgrades keep it): deploys build as root, and an intruder in an app account
+    # cannot build tools. An app that compiles at run time needs this off.
+    "restrict_compilers": True,
 }
+
+COMPILERS = ("/usr/bin/gcc", "/usr/bin/cc", "/usr/bin/g++", "/usr/bin/c++", "/usr/bin/as")
+# Each compiler's real file (they are links to versioned names) owned by root, 0750.
+RESTRICT_COMPILERS = (
+    f"for f in {' '.join(COMPILERS)}; do [ -e \"$f\" ] || continue; r=$(readlink -f \"$f\");"
+    ' dpkg-statoverride --list "$r" >/dev/null ||'
+    ' dpkg-statoverride --update --add root root 0750 "$r"; done'
+)
+COMPILERS_RESTRICTED = (
+    f"for f in {' '.join(COMPILERS)}; do [ -e \"$f\" ] || continue;"
+    ' [ "$(stat -c %a "$(readlink -f "$f")")" = 750 ] || exit 1; done'
+)
+
 
 
 def apply(host: Host) -> None:
     apt.packages(host, host.vars["python_packages"])
+    if host.vars["restrict_compilers"]:
+        server.command(host, RESTRICT_COMPILERS, unless=COMPILERS_RESTRICTED,
+                       name="compilers for root only")
     for app in apps.resolve(host):
         server.group(host, app["group"])
         server.user(host, app["user"], group=app["group"], system=True,

@@ -5,6 +5,7 @@ a copy of the example app to change and deploy, and small probes of lab1.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import uuid
@@ -101,3 +102,35 @@ def run_ok(conn: Connection, script: str) -> str:
     res = conn.run(script)
     assert res.ok, f"{script}: {res.err}"
     return res.out
+
+
+LYNIS_MIN = 80
+SECURITY_DOC = ROOT / "docs" / "security.md"
+
+
+def lynis_audit(conn: Connection) -> tuple[int, list[str], list[str]]:
+    """Install Lynis (Debian's package: on the test host only) and audit the host.
+
+    Returns the hardening index and the IDs of its warnings and suggestions.
+    About two minutes: run it once per release.
+    """
+    run_ok(conn, "DEBIAN_FRONTEND=noninteractive apt-get install -y -q"
+                 " -o DPkg::Lock::Timeout=120 lynis >/dev/null")
+    run_ok(conn, "lynis audit system --quick --no-colors >/dev/null 2>&1")
+    report = run_ok(conn, "cat /var/log/lynis-report.dat")
+    found = re.search(r"^hardening_index=(\d+)$", report, re.M)
+    assert found, report[-1000:]
+    warnings = sorted(set(re.findall(r"^warning\[\]=([A-Z]+-\d+)\|", report, re.M)))
+    suggestions = sorted(set(re.findall(r"^suggestion\[\]=([A-Z]+-\d+)\|", report, re.M)))
+    return int(found.group(1)), warnings, suggestions
+
+
+def assert_lynis_rates_well(conn: Connection, release: str) -> None:
+    """Lynis' index >= LYNIS_MIN, and each finding left is explained in docs/security.md."""
+    index, warnings, suggestions = lynis_audit(conn)
+    print(f"\nLynis ({release}): hardening index {index}; warnings {warnings}; "
+          f"suggestions {suggestions}")
+    assert index >= LYNIS_MIN, f"Lynis hardening index {index} < {LYNIS_MIN} on {release}"
+    doc = SECURITY_DOC.read_text()
+    unexplained = [t for t in warnings + suggestions if f"`{t}`" not in doc]
+    assert not unexplained, f"Lynis findings not explained in docs/security.md: {unexplained}"

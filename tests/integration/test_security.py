@@ -2,8 +2,11 @@
 
 systemd-analyze rates the app and nginx units, ssh-audit (pinned, test-only)
 rates sshd, and the hardened nginx is shown to serve, reload under load and
-reopen its logs. The initial login user is locked out once bootstrap is done.
-None of these tests changes lab1 for the others.
+reopen its logs (logrotate included). The initial login user is locked out once
+bootstrap is done, with a clear error for whoever holds only its key. Bad
+hardening input (a drop-in nginx cannot start under, an sshd value sshd
+refuses) is refused before it takes effect. Lynis (installed on lab1 only)
+rates the host at least 80. None of these tests changes lab1 for the others.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import json
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -19,8 +23,9 @@ import pytest
 from keel.connection import Connection
 from keel.errors import HostError
 from keel.inventory import HostSpec
+from roles import bootstrap, nginx
 from tests.conftest import TestLab, fab
-from tests.integration.conftest import _version, run_ok
+from tests.integration.conftest import _version, assert_lynis_rates_well, run_ok
 from tests.load import Load
 
 MAX_APP_EXPOSURE = 1.5
@@ -135,3 +140,85 @@ def test_status_reports_a_required_reboot(test_lab: TestLab, root: Connection) -
         root.run("rm -f /run/reboot-required /run/reboot-required.pkgs")
     proc = fab("status", "--limit", "lab1", "--json", inventory=test_lab.inventory_path)
     assert json.loads(proc.stdout)["hosts"]["lab1"]["reboot_required"] is False
+
+
+def _get(spec: HostSpec, path: str) -> int:
+    proc = subprocess.run(["curl", "-s", "-o", "/dev/null", "--max-time", "5", "-w", "%{http_code}",
+                           f"http://{spec.address}{path}"], capture_output=True, text=True)
+    return int(proc.stdout or 0)
+
+
+def test_logrotate_rotates_the_hardened_nginx_logs(deployed: HostSpec, root: Connection) -> None:
+    """The real thing: Debian's /etc/logrotate.d/nginx (postrotate signals the sandboxed master)."""
+    before, after = (uuid.uuid4().hex for _ in range(2))
+    assert _get(deployed, f"/healthz?mark={before}") == 200
+    deadline = time.monotonic() + 10
+    while root.run(f"grep -qF {before} /var/log/nginx/access.log").rc != 0:
+        assert time.monotonic() < deadline, "the request is not in access.log"
+        time.sleep(0.1)
+    _run(root, "logrotate -f /etc/logrotate.d/nginx")
+    deadline = time.monotonic() + 15
+    while True:  # nginx reopens its logs when the signal arrives
+        assert _get(deployed, f"/healthz?mark={after}") == 200
+        if root.run(f"grep -qF {after} /var/log/nginx/access.log").rc == 0:
+            break
+        assert time.monotonic() < deadline, "nginx writes no new access.log after logrotate"
+        time.sleep(0.3)
+    assert root.run(f"zgrep -qF {before} /var/log/nginx/access.log.1*").rc == 0
+    assert not _run(root, "journalctl -u nginx --since -5min -p err -o cat --no-pager").strip()
+
+
+def _one_error(proc: subprocess.CompletedProcess[str]) -> str:
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("lab1: ")]
+    assert proc.returncode != 0 and len(lines) == 1, proc.stdout[-3000:]
+    assert "Traceback" not in proc.stdout + proc.stderr
+    return lines[0]
+
+
+def test_a_drop_in_nginx_cannot_start_under_is_refused(test_lab: TestLab, deployed: HostSpec,
+                                                      root: Connection) -> None:
+    before = _run(root, f"sha256sum {nginx.HARDENING_DROPIN}")
+    pid = _run(root, "systemctl show -p MainPID --value nginx")
+    line = _one_error(fab("deploy", "--limit", "lab1", "--extra-vars",
+                          json.dumps({"nginx_hardening_extra": ["ReadWritePaths=/nonexistent-keel"]}),
+                          inventory=test_lab.inventory_path))
+    assert f"lab1: template {nginx.HARDENING_DROPIN}: validation failed:" in line, line
+    assert _run(root, f"sha256sum {nginx.HARDENING_DROPIN}") == before
+    assert _run(root, "systemctl show -p MainPID --value nginx") == pid  # never restarted
+    assert _version(deployed)[0] == 200
+
+
+def test_an_sshd_value_sshd_refuses_is_not_applied(test_lab: TestLab, deployed: HostSpec,
+                                                   root: Connection) -> None:
+    before = _run(root, f"sha256sum {bootstrap.SSHD_CONF}")
+    line = _one_error(fab("bootstrap", "--limit", "lab1", "--extra-vars",
+                          json.dumps({"ssh_max_startups": "ten"}), inventory=test_lab.inventory_path))
+    assert f"lab1: template {bootstrap.SSHD_CONF}: validation failed:" in line, line
+    assert _run(root, f"sha256sum {bootstrap.SSHD_CONF}") == before
+    Connection.open(deployed, user="deploy").close()  # still reachable
+
+
+def test_only_the_initial_users_key_gets_a_clear_error(test_lab: TestLab, deployed: HostSpec,
+                                                       root: Connection, tmp_path: Path) -> None:
+    """Someone who holds a key of the initial account only, after bootstrap locked it."""
+    key = tmp_path / "initial_only"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    pub = (tmp_path / "initial_only.pub").read_text().strip()
+    _run(root, f"echo '{pub}' >> ~debian/.ssh/authorized_keys")
+    try:
+        inventory = tmp_path / "hosts.yml"
+        inventory.write_text(json.dumps({"all": {"children": {"app": {"hosts": {"lab1": {
+            "ansible_host": deployed.address, "ansible_user": "debian",
+            "ansible_ssh_private_key_file": str(key),
+            "ansible_ssh_common_args": f"-o UserKnownHostsFile={test_lab.lab.dir / 'known_hosts'}"
+                                       " -o StrictHostKeyChecking=yes"}}}}}}))
+        line = _one_error(fab("bootstrap", inventory=inventory))
+        assert "lets only deploy in (debian is locked by initial_user: lock), with its key" in line
+    finally:
+        _run(root, f"sed -i '\\#{pub.split()[1]}#d' ~debian/.ssh/authorized_keys")
+    Connection.open(deployed, user="deploy").close()
+
+
+def test_lynis_hardening_index(root: Connection, capsys: pytest.CaptureFixture[str]) -> None:
+    with capsys.disabled():
+        assert_lynis_rates_well(root, "bookworm")

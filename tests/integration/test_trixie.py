@@ -1,5 +1,5 @@
 """Debian 13 (trixie): bootstrap -> deploy -> verify of the example app, then a code change
-deployed under load.
+deployed under load; the host then measured as on Debian 12 (ssh-audit, Lynis).
 
 A lab runs one Debian release, so trixie hosts get a lab of their own
 (``TRIXIE_LAB``/``TRIXIE_SUBNET`` in tests/conftest.py), torn down at the end.
@@ -7,6 +7,8 @@ A lab runs one Debian release, so trixie hosts get a lab of their own
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +16,7 @@ import pytest
 
 from keel.connection import Connection
 from tests.conftest import TRIXIE_LAB, TRIXIE_SUBNET, TestLab, fab, lab_leftovers
-from tests.integration.conftest import Variant, _version
+from tests.integration.conftest import Variant, _version, assert_lynis_rates_well
 from tests.load import Load
 
 
@@ -49,3 +51,19 @@ def test_trixie_bootstrap_deploy_verify(trixie_lab: TestLab, tmp_path: Path) -> 
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert _version(spec) == (200, release)
     assert load.result is not None and load.result.errors == 0, load.result
+
+
+def test_trixie_measured(trixie_lab: TestLab, capsys: pytest.CaptureFixture[str]) -> None:
+    """The host the test above deployed: ssh-audit finds no failure, Lynis rates it >= 80."""
+    spec = trixie_lab.host("lab1")
+    fab("deploy", "--limit", "lab1", inventory=trixie_lab.inventory_path, check=True)
+    audit = subprocess.run([str(Path(sys.executable).parent / "ssh-audit"), "-n", spec.address],
+                           capture_output=True, text=True, timeout=180).stdout
+    assert "# key exchange algorithms" in audit, audit[-2000:]
+    assert "[fail]" not in audit, [ln for ln in audit.splitlines() if "[fail]" in ln]
+    conn = Connection.open(spec, user="deploy")
+    try:
+        with capsys.disabled():
+            assert_lynis_rates_well(conn, "trixie")
+    finally:
+        conn.close()

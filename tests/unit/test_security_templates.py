@@ -119,3 +119,33 @@ def test_nginx_dropin_path() -> None:
     assert nginx.HARDENING_DROPIN.startswith("/etc/systemd/system/nginx.service.d/")
     text = render("nginx-hardening.conf.j2")
     assert "CAP_NET_BIND_SERVICE" in text and "ProtectSystem=strict" in text
+
+
+def test_sysctl_forwarding_comes_first() -> None:
+    """Setting net.ipv4.conf.all.forwarding resets accept_redirects: it must be applied first."""
+    keys = [ln.split(" = ")[0] for ln in render("os-hardening-sysctl.conf.j2", **bootstrap.DEFAULTS)
+            .splitlines() if ln and not ln.startswith("#")]
+    assert keys[0] == "net.ipv4.conf.all.forwarding"
+    assert "net.ipv4.conf.all.accept_redirects" in keys
+    assert len(keys) == len(bootstrap.DEFAULTS["sysctl_hardening"])
+
+
+def test_os_hardening_files() -> None:
+    profile = render("os-hardening-profile.sh.j2", **bootstrap.DEFAULTS)
+    assert "ulimit -c 0" in profile and "umask 027" in profile and "TMOUT=900" in profile
+    modprobe = render("os-hardening-modprobe.conf.j2")
+    assert "install usb-storage /bin/false" in modprobe and "install dccp /bin/false" in modprobe
+    assert "Storage=none" in render("os-hardening-coredump.conf.j2")
+    banner = render("issue.j2", **bootstrap.DEFAULTS).lower()
+    # Lynis wants five of its keywords in a legal banner.
+    assert sum(w in banner for w in ("access", "authori", "monitor", "law", "report", "audit")) >= 5
+
+
+def test_sshd_lynis_settings() -> None:
+    cfg = sshd()
+    assert (cfg["MaxAuthTries"], cfg["MaxSessions"], cfg["AllowTcpForwarding"]) == ("3", "2", "local")
+
+
+def test_nginx_dropin_extra_lines() -> None:
+    text = render("nginx-hardening.conf.j2", nginx_hardening_extra=["ReadWritePaths=/srv/logs"])
+    assert text.rstrip().endswith("ReadWritePaths=/srv/logs")
