@@ -164,7 +164,11 @@ def agent_command(user: str | None, sudo_password: str | None) -> str:
     """The one command line run on the exec channel."""
     py = base64.b64encode(_AGENT_PY.encode()).decode()
     sh = shlex.quote(_AGENT_SH)
+    # umask 022 whatever the host's login umask (pam_umask reads UMASK 027 of a
+    # hardened login.defs, and sudo keeps it): the files and venvs the agent makes
+    # are given their modes explicitly or must be readable by the apps' users.
     inner = (
+        "umask 022; "
         f"if command -v python3 >/dev/null 2>&1; then "
         f"exec python3 -c \"import base64;exec(base64.b64decode('{py}'))\"; "
         f"else exec sh -c {sh}; fi"

@@ -42,7 +42,8 @@ def lab_leftovers(lab: Lab) -> list[str]:
     if lab.nft_table in tables:
         left.append(f"nft table {lab.nft_table}")
     with open("/proc/mounts") as fh:
-        left += [f"mount {ln.split()[1]}" for ln in fh if str(lab.dir) in ln]
+        # The lab's own dir: "labs/kt1/" is not "labs/kt1t/" (the Debian 13 lab beside it).
+        left += [f"mount {ln.split()[1]}" for ln in fh if f"{lab.dir}/" in ln]
     procs = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
     left += [f"process {ln.strip()}" for ln in procs.splitlines()
              if "systemd-nspawn" in ln and f"--machine={lab.name}-" in ln]

@@ -54,10 +54,15 @@ def test_trixie_bootstrap_deploy_verify(trixie_lab: TestLab, tmp_path: Path) -> 
 
 
 def test_trixie_measured(trixie_lab: TestLab, capsys: pytest.CaptureFixture[str]) -> None:
-    """The host the test above deployed: ssh-audit finds no failure, Lynis rates it >= 80."""
+    """The host the test above deployed (else bootstrapped and deployed here): ssh-audit finds
+    no failure, Lynis rates it >= 80."""
     spec = trixie_lab.host("lab1")
-    fab("deploy", "--limit", "lab1", inventory=trixie_lab.inventory_path, check=True)
-    audit = subprocess.run([str(Path(sys.executable).parent / "ssh-audit"), "-n", spec.address],
+    for task in ("bootstrap", "deploy"):  # no changes after the test above
+        fab(task, "--limit", "lab1", inventory=trixie_lab.inventory_path, check=True)
+    # No DHEat rate test: it floods sshd until MaxStartups refuses logins for a while
+    # (the throttle itself is measured in test_security.py).
+    audit = subprocess.run([str(Path(sys.executable).parent / "ssh-audit"), "-n",
+                            "--skip-rate-test", spec.address],
                            capture_output=True, text=True, timeout=180).stdout
     assert "# key exchange algorithms" in audit, audit[-2000:]
     assert "[fail]" not in audit, [ln for ln in audit.splitlines() if "[fail]" in ln]
