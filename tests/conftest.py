@@ -42,8 +42,10 @@ def lab_leftovers(lab: Lab) -> list[str]:
     if lab.nft_table in tables:
         left.append(f"nft table {lab.nft_table}")
     with open("/proc/mounts") as fh:
-        # The lab's own dir: "labs/kt1/" is not "labs/kt1t/" (the Debian 13 lab beside it).
-        left += [f"mount {ln.split()[1]}" for ln in fh if f"{lab.dir}/" in ln]
+        # Mount points in the lab's own dir: "labs/kt1/" is not "labs/kt1t/" (the Debian 13
+        # lab beside it, whose overlay options may name other paths).
+        left += [f"mount {ln.split()[1]}" for ln in fh
+                 if ln.split()[1].startswith(f"{lab.dir}/")]
     procs = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
     left += [f"process {ln.strip()}" for ln in procs.splitlines()
              if "systemd-nspawn" in ln and f"--machine={lab.name}-" in ln]
