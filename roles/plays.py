@@ -32,8 +32,6 @@ def login(spec: HostSpec) -> str:
 def bootstrap_login(spec: HostSpec) -> str | None:
     """The initial user (``ansible_user``), unless bootstrap has already locked it out:
     then the deploy user, found by trying it first (one extra SSH login per bootstrap).
-
-    If neither can log in, the error says why the initial user may be refused.
     """
     deploy = login(spec)
     if spec.user in (None, "root", deploy) or spec.vars.get(
@@ -41,16 +39,9 @@ def bootstrap_login(spec: HostSpec) -> str | None:
         return None
     try:
         Connection.open(spec, user=deploy).close()
-        return deploy
-    except HostError as exc:
-        why_not_deploy = exc.reason
-    try:
-        Connection.open(spec).close()  # a fresh host: the initial user it is
-    except HostError as exc:
-        raise HostError(spec.name, f"{exc.reason}; and {why_not_deploy}: a bootstrapped host "
-                                   f"lets only {deploy} in ({spec.user} is locked by "
-                                   f"initial_user: lock), with its key") from None
-    return None
+    except HostError:
+        return None  # a fresh host: the initial user it is
+    return deploy
 
 
 def is_app_host(spec: HostSpec) -> bool:

@@ -26,9 +26,14 @@ from keel.inventory import HostSpec
 from tests.conftest import LAB_SUBNET, TestLab, fab
 
 GHOST = str(ipaddress.ip_network(LAB_SUBNET).network_address + 250)
+# os_hardening's: the banners, limits, modprobe, profile, coredump, sysctl and needrestart
+# files, its packages, and one command per login.defs key.
+OS_HARDENING_OPS = ["template", "template", "template", "directory", "template", "template",
+                    "directory", "template", "template", "directory", "file", "packages",
+                    *["command"] * 5]
 BOOTSTRAP_OPS = ["absent", "template", "update", "packages", "hostname", "user", "authorized_key",
-                 "file", "template", "template", "service", "service", "template", "service",
-                 "command", "template", "service", "command"]
+                 "file", "template", "template", "service", "service", *OS_HARDENING_OPS,
+                 "template", "service", "command", "template", "service", "command"]
 
 
 @pytest.fixture(scope="module")
