@@ -111,7 +111,7 @@ def test_plan_changes_nothing_and_shows_diffs(test_lab: TestLab, lab2: HostSpec,
     for item in [
         ("group", "hello"), ("user", "hello"), ("directory", "/srv/hello"),
         ("template", "/srv/hello/shared/env"), ("template", "/etc/uwsgi-apps/hello.ini"),
-        ("template", "/etc/systemd/system/hello.service"), ("packages", "nginx"),
+        ("template", "/etc/systemd/system/hello.service"), ("packages", "nginx logrotate"),
         ("template", "/etc/nginx/sites-available/hello"),
         ("symlink", "/etc/nginx/sites-enabled/hello"), ("service", "nginx"),
         ("service", "hello.service"), ("symlink", "/srv/hello/current"),
