@@ -55,14 +55,62 @@ def data_paths(app: dict[str, Any]) -> list[str]:
     return ["state", *app["shared_paths"]]
 
 
+# Host side, as root: the data paths (argv[2:], relative to argv[1]) into the tar
+# argv[0]'s "<out>.tmp", then renamed to <out> (complete or not at all). SQLite
+# databases go through SQLite's online backup API: a consistent copy while the live
+# release writes, which copying the file (and its -wal) byte by byte is not; their
+# -wal/-shm/-journal files are then left out, the copy being whole.
+SNAPSHOT = r"""
+import os, sqlite3, sys, tarfile, tempfile
+out, shared, paths = sys.argv[1], sys.argv[2], sys.argv[3:]
+os.chdir(shared)
+
+def is_sqlite(path):
+    try:
+        with open(path, "rb") as f:
+            return f.read(16) == b"SQLite format 3\0"
+    except OSError:
+        return False
+
+files = []
+for top in paths:
+    if not os.path.lexists(top):
+        continue
+    files.append(top)
+    for dirpath, dirnames, filenames in os.walk(top):
+        dirnames.sort()
+        files += [os.path.join(dirpath, n) for n in dirnames + sorted(filenames)]
+dbs = {f for f in files if not os.path.islink(f) and os.path.isfile(f) and is_sqlite(f)}
+sidecars = {db + s for db in dbs for s in ("-wal", "-shm", "-journal")}
+with tarfile.open(out + ".tmp", "w") as tar, tempfile.TemporaryDirectory() as scratch:
+    for f in files:
+        if f in sidecars:
+            continue
+        if f not in dbs:
+            tar.add(f, recursive=False)
+            continue
+        copy = os.path.join(scratch, "db")
+        src = sqlite3.connect(f"file:{f}?mode=ro", uri=True, timeout=60)
+        dst = sqlite3.connect(copy)
+        with dst:
+            src.backup(dst)
+        dst.close(); src.close()
+        info = tar.gettarinfo(f)
+        info.size = os.path.getsize(copy)
+        with open(copy, "rb") as fh:
+            tar.addfile(info, fh)
+        os.unlink(copy)
+os.chmod(out + ".tmp", 0o600)
+os.replace(out + ".tmp", out)
+"""
+
+
 def snapshot_cmd(app: dict[str, Any], snap: str) -> str:
-    """Root shell: write the app's data to the tar ``snap`` (a shell word), complete or not at all."""
+    """Root shell: write the app's data to the tar ``snap`` (a shell word), complete or not
+    at all; SQLite databases copied consistently even while the live release writes."""
     paths = " ".join(q(p) for p in data_paths(app))
-    # tar exits 1 when a file changed while it read it (a live sqlite file): still a copy.
     return (f"mkdir -p {q(app['snapshot_dir'])} && chmod 0700 {q(app['snapshot_dir'])} && "
-            f"cd {q(app['root'] + '/shared')} && "
-            f"{{ tar -cf \"{snap}.tmp\" --warning=no-file-changed -- {paths} || [ $? -eq 1 ]; }} && "
-            f"mv -f \"{snap}.tmp\" \"{snap}\"")
+            f"python3 -c {q(SNAPSHOT)} \"{snap}\" {q(app['root'] + '/shared')} {paths}")
 
 
 def restore_cmd(app: dict[str, Any], snap: str) -> str:

@@ -200,6 +200,51 @@ def test_rerun_setup_runs_it_again_after_a_snapshot(test_lab: TestLab, deployed:
     assert again.returncode == 0 and "setup" not in again.stdout, again.stdout[-3000:]
 
 
+def _error_line(proc: Any) -> str:
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("lab1: ")]
+    assert proc.returncode != 0 and len(lines) == 1, proc.stdout[-3000:]
+    return lines[0]
+
+
+def test_a_failing_build_setup_or_health_path_changes_nothing(test_lab: TestLab,
+                                                              deployed: HostSpec,
+                                                              flaskr: Flaskr) -> None:
+    """Each is one line naming the host, the app and the cause; the live release keeps
+    serving and the data stays exactly as it was."""
+    b = Browser(deployed.address)
+    assert b.request("/auth/register", {"username": "bob", "password": "pw2"})[0] == 302
+    assert b.request("/auth/login", {"username": "bob", "password": "pw2"})[0] == 302
+    assert b.request("/create", {"title": "kept", "body": "must survive"})[0] == 302
+    live = _host(deployed, "readlink /srv/flaskr/current").strip()
+    releases = _host(deployed, "ls /srv/flaskr/releases").split()
+
+    def unchanged() -> None:
+        assert _host(deployed, "readlink /srv/flaskr/current").strip() == live
+        assert _titles(b) == ["kept"]
+
+    # A build that fails: its release is removed, nothing else moved.
+    flaskr.change()
+    line = _error_line(_deploy(test_lab, flaskr, build=["echo 'assets: npm: not found' >&2; exit 2"]))
+    assert line.startswith("lab1: command flaskr: build: ") and "npm: not found" in line, line
+    unchanged()
+    assert _host(deployed, "ls /srv/flaskr/releases").split() == releases
+    # A setup that empties the blog and then fails (asked to run again): data restored.
+    wipe = ("python -c \"import sqlite3; c = sqlite3.connect('instance/flaskr.sqlite'); "
+            "c.execute('DELETE FROM post'); c.commit()\" && echo 'seed data: bad row' >&2 && exit 4")
+    line = _error_line(_deploy(test_lab, flaskr, "--rerun-setup", setup=[wipe]))
+    assert line.startswith("lab1: command flaskr: setup: "), line
+    assert line.endswith("seed data: bad row (data restored as before)"), line
+    unchanged()
+    # A health path the app does not have: the canary refuses the release.
+    line = _error_line(_deploy(test_lab, flaskr, health_path="/no-such-page"))
+    assert line.startswith("lab1: command flaskr: canary of release "), line
+    assert "/no-such-page answered 404" in line, line
+    unchanged()
+    ok = _deploy(test_lab, flaskr)
+    assert ok.returncode == 0, ok.stdout[-3000:]
+    assert _titles(b) == ["kept"]
+
+
 def test_an_app_that_left_the_inventory_is_reported_then_pruned(
         test_lab: TestLab, deployed: HostSpec, flaskr: Flaskr) -> None:
     plan = fab("plan", "--limit", "lab1", inventory=test_lab.inventory_path)
