@@ -1,5 +1,6 @@
 """Debian 13 (trixie): bootstrap -> deploy -> verify of the example app, then a code change
-deployed under load; the host then measured as on Debian 12 (ssh-audit, Lynis).
+deployed under load; the host then measured as on Debian 12 (ssh-audit, Lynis); last, the
+fixture apps (flaskr, a stock Django project) deployed beside the example app.
 
 A lab runs one Debian release, so trixie hosts get a lab of their own
 (``TRIXIE_LAB``/``TRIXIE_SUBNET`` in tests/conftest.py), torn down at the end.
@@ -7,6 +8,7 @@ A lab runs one Debian release, so trixie hosts get a lab of their own
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -15,8 +17,9 @@ from pathlib import Path
 import pytest
 
 from keel.connection import Connection
-from tests.conftest import TRIXIE_LAB, TRIXIE_SUBNET, TestLab, fab, lab_leftovers
+from tests.conftest import ROOT, TRIXIE_LAB, TRIXIE_SUBNET, TestLab, fab, lab_leftovers
 from tests.integration.conftest import Variant, _version, assert_lynis_rates_well
+from tests.integration.fixture_apps import DJANGO, Browser, Flaskr, deploy_django, deploy_flaskr, titles
 from tests.load import Load
 
 
@@ -72,3 +75,33 @@ def test_trixie_measured(trixie_lab: TestLab, capsys: pytest.CaptureFixture[str]
             assert_lynis_rates_well(conn, "trixie")
     finally:
         conn.close()
+
+
+def test_trixie_real_apps(trixie_lab: TestLab, tmp_path: Path) -> None:
+    """The fixture apps deploy unchanged on Debian 13 too: flaskr from its pyproject.toml
+    alone (no requirements file), keeping its posts across a code change; the stock
+    Django project built, migrated and served with its static files."""
+    spec = trixie_lab.host("lab1")
+    for task in ("bootstrap", "deploy"):  # no changes after the tests above
+        fab(task, "--limit", "lab1", inventory=trixie_lab.inventory_path, check=True)
+    app = Flaskr(tmp_path)
+    (app.dir / "requirements.txt").unlink()
+    first = deploy_flaskr(trixie_lab, app)
+    assert first.returncode == 0, first.stdout[-3000:]
+    b = Browser(spec.address)
+    assert b.request("/auth/register", {"username": "ada", "password": "pw1"})[0] == 302
+    assert b.request("/auth/login", {"username": "ada", "password": "pw1"})[0] == 302
+    assert b.request("/create", {"title": "on trixie", "body": "kept"})[0] == 302
+    app.change()
+    second = deploy_flaskr(trixie_lab, app)
+    assert second.returncode == 0 and "setup" not in second.stdout, second.stdout[-3000:]
+    assert titles(b) == ["on trixie"]
+
+    src = tmp_path / "mysite"
+    shutil.copytree(ROOT / "tests" / "apps" / "mysite", src)
+    django = deploy_django(trixie_lab, src)
+    assert django.returncode == 0, django.stdout[-3000:]
+    d = Browser(spec.address, DJANGO)
+    assert d.request("/admin/login/")[0] == 200
+    code, css = d.request("/static/polls/style.css")
+    assert code == 200 and "green" in css
