@@ -44,8 +44,11 @@ if not callable(app):
 
 def _as_app_user(app: dict[str, Any], cmd: str, env_file: str) -> str:
     """``cmd`` run in the release, as the app user, with the settings of ``env_file`` and its venv."""
+    # The release's import path, as uWSGI's pythonpath has it (src layout included).
+    path = ":".join(f"{app['release_dir']}/{sub}".rstrip("/") for sub in app["python_path"])
     inner = (f"set -a; . {q(env_file)}; set +a; "
              f"export APP_STATE_DIR={q(app['state_dir'])} APP_RELEASE={q(app['release'])} "
+             f"PYTHONPATH={q(path)} "
              f"PATH={q(app['venv'] + '/bin')}:$PATH; {cmd}")
     return f"runuser -u {q(app['user'])} -- sh -c {q(inner)}"
 

@@ -221,6 +221,7 @@ def _resolve_one(host: Host, entry: dict[str, Any], first: bool) -> dict[str, An
     _resolve_tls(host, app, project)
     _check_options(host, app)
     _check_health(host, app)
+    python_path = _python_path(source, app["module"])
     static_dir = app["static_dir"]
     if static_dir and not static_dir.startswith("/"):
         # Built static files (collectstatic) exist only in the release on the host.
@@ -246,9 +247,25 @@ def _resolve_one(host: Host, entry: dict[str, Any], first: bool) -> dict[str, An
         stats_socket=f"/run/{name}/stats.sock",
         processes=app["processes"] or max(2, 2 * host.facts.cpu_count),
         static_dir=static_dir,
+        python_path=python_path,
         default_server=app.get("default_server", first),
     )
     return app
+
+
+def _python_path(source: Path, module: str) -> list[str]:
+    """Where the app's modules are imported from, relative to the release: the release
+    itself, and ``src`` for a project in the src layout (``src/<package>/``, which
+    packaging tools install from; keel imports it from the release instead, so the
+    venv stays keyed by the dependencies alone).
+
+    >>> _python_path(Path("tests/apps/flaskr"), "flaskr:create_app()")
+    ['']
+    """
+    top = module.split(":", 1)[0].split(".", 1)[0]
+    at_root = (source / top).is_dir() or (source / f"{top}.py").is_file()
+    in_src = (source / "src" / top).is_dir() or (source / "src" / f"{top}.py").is_file()
+    return ["", "src"] if in_src and not at_root else [""]
 
 
 def _check_health(host: Host, app: dict[str, Any]) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from keel.connection import Connection
 from keel.inventory import HostSpec
@@ -213,6 +214,41 @@ def test_shared_path_escaping_the_release_is_refused(test_lab: TestLab, deployed
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("lab1: ")]
     assert lines == ["lab1: app flaskr: shared_paths: '../etc' is not a path inside the release"], (
         proc.stdout[-2000:])
+
+
+def test_a_src_layout_project_is_imported_from_its_release(test_lab: TestLab, deployed: HostSpec,
+                                                            tmp_path: Path) -> None:
+    """A pyproject project in the src layout (src/<package>/) deploys unchanged: uWSGI and
+    the app's commands import it from the release's src/."""
+    src = tmp_path / "shop"
+    (src / "src" / "shop").mkdir(parents=True)
+    (src / "pyproject.toml").write_text(
+        '[project]\nname = "shop"\nversion = "1.0"\ndependencies = []\n\n'
+        '[build-system]\nrequires = ["flit_core<4"]\nbuild-backend = "flit_core.buildapi"\n')
+    (src / "src" / "shop" / "__init__.py").write_text(
+        "from shop.views import application\n")
+    (src / "src" / "shop" / "views.py").write_text(
+        "def application(environ, start_response):\n"
+        "    start_response('200 OK', [('Content-Type', 'text/plain')])\n"
+        "    return [b'shop from src']\n")
+    hello = yaml.safe_load((ROOT / "inventory" / "group_vars" / "app.yml").read_text())["apps"]
+    app = {"name": "shop", "source": str(src), "module": "shop:application",
+           "server_name": "shop.test", "health_path": "/",
+           "pre_start": ["python -c 'import shop.views'"]}
+    inv = tmp_path / "inventory"
+    (inv / "group_vars").mkdir(parents=True)
+    shutil.copy(test_lab.inventory_path, inv / "lab.yml")
+    (inv / "group_vars" / "app.yml").write_text(yaml.safe_dump({"apps": [*hello, app]}))
+    try:
+        proc = fab("deploy", "--limit", "lab1", inventory=inv / "lab.yml")
+        assert proc.returncode == 0, proc.stdout[-3000:]
+        assert Browser(deployed.address, "shop.test").request("/") == (200, "shop from src")
+    finally:
+        _host(deployed, "systemctl disable --now shop.service shop.socket; "
+                        "rm -f /etc/systemd/system/shop.* /etc/nginx/sites-enabled/shop "
+                        "/etc/nginx/sites-available/shop /etc/uwsgi-apps/shop.ini; "
+                        "systemctl daemon-reload; systemctl reload nginx; rm -rf /srv/shop; "
+                        "userdel shop; groupdel shop; true")
 
 
 @pytest.fixture(scope="module")

@@ -135,3 +135,19 @@ def test_bad_dependencies(tmp_path: Path, files_: dict[str, str], message: str) 
     with pytest.raises(HostError) as err:
         _reqs(tmp_path, files_)
     assert message in str(err.value) and str(err.value).startswith("lab1: app p: ")
+
+
+@pytest.mark.parametrize("layout, module, expected", [
+    (["flaskr/__init__.py"], "flaskr:create_app()", [""]),
+    (["wsgi.py"], "wsgi:app", [""]),
+    (["src/shop/__init__.py", "pyproject.toml"], "shop.wsgi:application", ["", "src"]),
+    (["src/serve.py"], "serve:app", ["", "src"]),
+    # A package at the top wins over a src/ of the same name (as Python's own path would).
+    (["shop/__init__.py", "src/shop/__init__.py"], "shop:app", [""]),
+])
+def test_src_layout_is_on_the_import_path(tmp_path: Path, layout: list[str], module: str,
+                                          expected: list[str]) -> None:
+    for rel in layout:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text("")
+    assert apps._python_path(tmp_path, module) == expected

@@ -64,6 +64,7 @@ def base_app() -> dict:
         "static_url": "/static/",
         "static_dir": "/srv/hello/current/static",
         "release": "20250101-abc123",
+        "python_path": [""],
         "uwsgi_options": {},
         "systemd_options": {},
     }
@@ -233,6 +234,12 @@ def test_uwsgi_ini_directives(app):
     envs = [value for key, value in pairs if key == "env"]
     assert not [e for e in envs if e.startswith("APP_RELEASE=")]  # read from current/RELEASE
     assert "APP_STATE_DIR=/srv/hello/shared/state" in envs
+
+
+def test_uwsgi_ini_src_layout(app):
+    app["python_path"] = ["", "src"]
+    paths = [v for k, v in ini_pairs(render("uwsgi.ini.j2", app)) if k == "pythonpath"]
+    assert paths == ["/srv/hello/current", "/srv/hello/current/src"]
 
 
 def test_uwsgi_ini_cheaper(app):
