@@ -24,6 +24,7 @@ from xml.etree import ElementTree
 
 from keel.connection import _parse_ssh_args
 from keel.inventory import HostSpec
+from keel.output import mask, secret_values
 
 
 def ssh_config(
@@ -68,7 +69,11 @@ def run_suite(
         cfg = Path(tmp) / "ssh_config"
         cfg.write_text(ssh_config(hosts, user_for, Path(tmp)))
         data = Path(tmp) / "expect.json"
-        data.write_text(json.dumps({h.name: expectations(h) for h in hosts}))
+        expected = {h.name: expectations(h) for h in hosts}
+        data.write_text(json.dumps(expected))
+        # What a failed check prints may quote a setting (a vault-decrypted server_name,
+        # an env value): the suite's output and report are masked as deploy's output is.
+        secrets = set().union(*(secret_values({**h.vars, **expected[h.name]}) for h in hosts))
         report = junit_xml or str(Path(tmp) / "junit.xml")
         cmd = [
             sys.executable, "-m", "pytest", str(suite), "-p", "no:cacheprovider", "-q",
@@ -77,7 +82,15 @@ def run_suite(
         ]
         env = {**os.environ, "KEEL_VERIFY_VARS": str(data)}
         try:
-            rc = subprocess.call(cmd, env=env)
+            with subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                  text=True, errors="replace") as proc:
+                assert proc.stdout is not None
+                for line in proc.stdout:
+                    sys.stdout.write(mask(line, secrets))
+                    sys.stdout.flush()
+            rc = proc.returncode
+            if secrets and Path(report).is_file():
+                Path(report).write_text(mask(Path(report).read_text(), secrets))
         finally:
             for h in hosts:  # close the multiplexed masters: leave no ssh behind
                 subprocess.run(["ssh", "-F", str(cfg), "-O", "exit", h.name],
