@@ -21,6 +21,7 @@ Layout on the host for an app called ``hello``::
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import re
 import tomllib
 from pathlib import Path, PurePosixPath
@@ -111,10 +112,24 @@ APP_DEFAULTS: dict[str, Any] = {
     "tls_listen": 443,
     # Strict-Transport-Security max-age in seconds (0: no HSTS header).
     "tls_hsts": 0,
+    # tls: acme gets the certificate from an ACME CA instead (Let's Encrypt by
+    # default), for every name of server_name (DNS names: not "_", not an IP
+    # address), with certbot's HTTP-01 webroot challenge served by the app's own
+    # site on `listen` (roles/acme.py). Not together with tls_cert/tls_key.
+    "tls": "",
+    # The ACME account's contact address (the CA's expiry and policy mails); required.
+    "acme_email": "",
+    # The CA's ACME directory URL (Let's Encrypt's staging CA for trials:
+    # https://acme-staging-v02.api.letsencrypt.org/directory).
+    "acme_directory": "https://acme-v02.api.letsencrypt.org/directory",
 }
 
 #: Where nginx finds each app's certificate and key on the host (see roles/tls.py).
 TLS_DIR = "/etc/nginx/tls"
+#: certbot's lineages: an ACME app's certificate is ``<dir>/<app>/fullchain.pem`` (roles/acme.py).
+ACME_LIVE_DIR = "/etc/letsencrypt/live"
+#: certbot writes the CA's HTTP-01 tokens under here; every ACME app's site serves them.
+ACME_WEBROOT = "/var/www/keel-acme"
 #: Each app's uWSGI ini (roles/uwsgi.py): also how a deployed app is recognised.
 INI_DIR = "/etc/uwsgi-apps"
 
@@ -156,7 +171,10 @@ def _remove(host: Host, name: str, purge: bool) -> None:
     cmd = (f"u=$(sed -n 's/^uid = //p' {ini}); g=$(sed -n 's/^gid = //p' {ini}); "
            f"systemctl disable --now {n}.service {n}.socket >/dev/null 2>&1; "
            f"rm -f {units} {ini} /etc/nginx/sites-enabled/{n} /etc/nginx/sites-available/{n} "
-           f"{q(TLS_DIR)}/{n}.crt {q(TLS_DIR)}/{n}.key && systemctl daemon-reload")
+           f"{q(TLS_DIR)}/{n}.crt {q(TLS_DIR)}/{n}.key && systemctl daemon-reload"
+           # Its ACME certificate goes too, or certbot's timer would keep renewing it.
+           f" && {{ [ ! -e /etc/letsencrypt/renewal/{n}.conf ] || "
+           f"certbot delete --non-interactive --cert-name {n} >/dev/null; }}")
     if purge:
         cmd += (f' && rm -rf /srv/{n} && {{ [ -z "$u" ] || userdel "$u" 2>/dev/null; '
                 '[ -z "$g" ] || groupdel "$g" 2>/dev/null; true; }')
@@ -381,22 +399,70 @@ def _check_options(host: Host, app: dict[str, Any]) -> None:
 
 
 def _resolve_tls(host: Host, app: dict[str, Any], project: Path) -> None:
-    """TLS needs both files, readable here; their host paths are derived."""
-    app["tls"] = bool(app["tls_cert"] or app["tls_key"])
+    """TLS from files needs both, readable here; ``tls: acme`` needs an email address and DNS
+    names, and no files. The host paths are derived. ``https`` says whether the site serves
+    HTTPS in this run: an ACME app only once it has its certificate (roles/acme.py)."""
+    mode, name = app["tls"], app["name"]
+    if mode not in ("", None, False, "acme"):
+        raise HostError(host.name, f"app {name}: tls must be 'acme' (or unset, with tls_cert "
+                                   f"and tls_key for certificate files), not {mode!r}")
+    app["acme"] = mode == "acme"
+    app["tls"] = app["acme"] or bool(app["tls_cert"] or app["tls_key"])
+    app["https"] = app["tls"] and not app["acme"]
     if not app["tls"]:
+        return
+    app["tls_dhparam"] = f"{TLS_DIR}/ffdhe2048.pem"
+    if app["acme"]:
+        _check_acme(host, app)
+        app["acme_webroot"] = ACME_WEBROOT
+        app["tls_cert_path"] = f"{ACME_LIVE_DIR}/{name}/fullchain.pem"
+        app["tls_key_path"] = f"{ACME_LIVE_DIR}/{name}/privkey.pem"
         return
     for key in ("tls_cert", "tls_key"):
         if not app[key]:
-            raise HostError(host.name, f"app {app['name']}: {key} is not set "
+            raise HostError(host.name, f"app {name}: {key} is not set "
                                        "(TLS needs both tls_cert and tls_key)")
         path = Path(app[key])
         path = path if path.is_absolute() else project / path
         if not path.is_file():
-            raise HostError(host.name, f"app {app['name']}: {key} {path} does not exist")
+            raise HostError(host.name, f"app {name}: {key} {path} does not exist")
         app[key] = str(path)
-    app["tls_cert_path"] = f"{TLS_DIR}/{app['name']}.crt"
-    app["tls_key_path"] = f"{TLS_DIR}/{app['name']}.key"
-    app["tls_dhparam"] = f"{TLS_DIR}/ffdhe2048.pem"
+    app["tls_cert_path"] = f"{TLS_DIR}/{name}.crt"
+    app["tls_key_path"] = f"{TLS_DIR}/{name}.key"
+
+
+# A DNS name as a public CA issues for it over HTTP-01: letters, digits and hyphens in
+# dot-separated labels, at least two labels, no wildcard (HTTP-01 cannot prove one).
+_DNS_NAME = re.compile(r"(?=.{1,253}\Z)(?:(?!-)[A-Za-z0-9-]{1,63}(?<!-)\.)+(?!-)[A-Za-z0-9-]{1,63}(?<!-)\Z")
+_EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+\Z")
+
+
+def _check_acme(host: Host, app: dict[str, Any]) -> None:
+    name = app["name"]
+    for key in ("tls_cert", "tls_key"):
+        if app[key]:
+            raise HostError(host.name, f"app {name}: tls: acme and {key} are both set "
+                                       "(use one: ACME gets the certificate itself)")
+    if not _EMAIL.match(str(app["acme_email"] or "")):
+        raise HostError(host.name, f"app {name}: acme_email {app['acme_email']!r} is not an "
+                                   "email address (tls: acme needs one)")
+    if not str(app["acme_directory"]).startswith("https://"):
+        raise HostError(host.name, f"app {name}: acme_directory {app['acme_directory']!r} is "
+                                   "not an https:// URL")
+    names = str(app["server_name"]).split()
+    bad = [n for n in names if not _DNS_NAME.match(n) or _is_ip(n)]
+    if not names or bad:
+        raise HostError(host.name, f"app {name}: server_name {(bad or [''])[0]!r} cannot get an "
+                                   "ACME certificate (tls: acme needs DNS names, not '_', an IP "
+                                   "address or a wildcard)")
+
+
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
 
 
 def expectations(variables: dict[str, Any]) -> dict[str, Any]:
@@ -413,8 +479,11 @@ def expectations(variables: dict[str, Any]) -> dict[str, Any]:
             "socket": f"/run/{name}/uwsgi.sock", "stats_socket": f"/run/{name}/stats.sock",
             "ini_path": f"/etc/uwsgi-apps/{name}.ini", "unit": f"{name}.service",
             "env_file": f"/srv/{name}/shared/env", "server_name": app["server_name"],
-            "listen": app["listen"], "tls": bool(app["tls_cert"] and app["tls_key"]),
-            "tls_listen": app["tls_listen"], "tls_key_path": f"{TLS_DIR}/{name}.key",
+            "listen": app["listen"],
+            "tls": bool(app["tls_cert"] and app["tls_key"]) or app["tls"] == "acme",
+            "tls_listen": app["tls_listen"],
+            "tls_key_path": (f"{ACME_LIVE_DIR}/{name}/privkey.pem" if app["tls"] == "acme"
+                             else f"{TLS_DIR}/{name}.key"),
             "health_path": app["health_path"], "healthy_statuses": app["healthy_statuses"],
         })
     return {

@@ -117,10 +117,18 @@ def apply(host: Host) -> None:
     if host.vars["nginx_disable_default_site"]:
         files.absent(host, "/etc/nginx/sites-enabled/default", notify="reload nginx")
     for app in apps.resolve(host):
-        name = app["name"]
-        available = f"/etc/nginx/sites-available/{name}"
-        files.template(host, "nginx-site.conf.j2", available, app=app,
-                       nginx_group=host.vars["nginx_group"], validate=site_validate(name),
-                       notify="reload nginx")
-        files.symlink(host, f"/etc/nginx/sites-enabled/{name}", available, notify="reload nginx")
+        site(host, app)
     systemd.service(host, "nginx", enabled=True, running=True)
+
+
+def site(host: Host, app: dict[str, Any]) -> None:
+    """The app's site, checked with ``nginx -t`` before it is written, and enabled.
+
+    Also called by roles/acme.py, which renders it again once the app has its certificate.
+    """
+    name = app["name"]
+    available = f"/etc/nginx/sites-available/{name}"
+    files.template(host, "nginx-site.conf.j2", available, app=app,
+                   nginx_group=host.vars["nginx_group"], validate=site_validate(name),
+                   notify="reload nginx")
+    files.symlink(host, f"/etc/nginx/sites-enabled/{name}", available, notify="reload nginx")

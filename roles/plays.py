@@ -17,8 +17,8 @@ from keel.errors import HostError
 from keel.inventory import HostSpec
 from keel.rolling import Rotation, Stage
 from keel.runner import Play
+from roles import acme, apps, bootstrap, lb, python, release, tls, uwsgi
 from roles import app as app_role
-from roles import apps, bootstrap, lb, python, release, tls, uwsgi
 from roles import nginx as nginx_role
 
 TEMPLATES = [cli.PROJECT_DIR / "templates"]
@@ -53,9 +53,10 @@ def bootstrap_play() -> Play:
 
 
 def app_play(name: str = "deploy") -> Play:
-    """The app stack, ending with the health gate (which rolls back a bad release)."""
-    return Play(name, [apps, python, app_role, release, uwsgi, tls, nginx_role, tls.cleanup,
-                       release.gate], TEMPLATES, login=login, lock=True)
+    """The app stack, ending with the health gate (which rolls back a bad release); an ACME
+    certificate that could not be had fails the run after it."""
+    return Play(name, [apps, python, app_role, release, uwsgi, tls, nginx_role, acme, tls.cleanup,
+                       release.gate, acme.verdict], TEMPLATES, login=login, lock=True)
 
 
 def rollback_play() -> Play:

@@ -140,7 +140,7 @@ def health_problem(host: Host, app: dict[str, Any], release: str) -> str | None:
     name = app["server_name"].split()[0]
     name = "localhost" if name == "_" else name
     url = f"http://127.0.0.1:{app['listen']}"
-    if app.get("tls"):  # HTTP only redirects: ask over HTTPS, on this host, for the app's name
+    if app.get("https"):  # HTTP only redirects: ask over HTTPS, on this host, for the app's name
         port = app["tls_listen"]
         url = f"-k --resolve {q(f'{name}:{port}:127.0.0.1')} https://{name}:{port}"
     # The live release is proven by its workers, not by the app: each uWSGI worker

@@ -8,6 +8,9 @@ master, running as root, reads them)::
                     content never appears in output, plans or --json
     ffdhe2048.pem   the RFC 7919 DH group, for the intermediate profile's DHE suites
 
+An app with ``tls: acme`` gets the DH group only: certbot keeps its certificate
+and key (roles/acme.py).
+
 The nginx site (templates/nginx-site.conf.j2) is rendered after these exist,
 so its ``nginx -t`` check sees them. :data:`cleanup`, which runs after the
 nginx role, removes the key and certificate of an app that no longer has
@@ -45,7 +48,7 @@ def apply(host: Host) -> None:
         return
     files.directory(host, apps.TLS_DIR, owner="root", group="root", mode="0700")
     files.file(host, secured[0]["tls_dhparam"], FFDHE2048, mode="0644", notify="reload nginx")
-    for app in secured:
+    for app in (a for a in secured if not a["acme"]):
         files.file(host, app["tls_cert_path"], Path(app["tls_cert"]).read_bytes(), mode="0644",
                    notify="reload nginx")
         files.file(host, app["tls_key_path"], Path(app["tls_key"]).read_bytes(), mode="0600",
@@ -53,13 +56,13 @@ def apply(host: Host) -> None:
 
 
 class Cleanup:
-    """After the nginx role: no key or certificate is left for an app without TLS."""
+    """After the nginx role: no key or certificate is left for an app without TLS files."""
 
     DEFAULTS: dict[str, Any] = {}
 
     def apply(self, host: Host) -> None:
         for app in apps.resolve(host):
-            if not app["tls"]:
+            if not app["tls"] or app["acme"]:
                 for suffix in ("key", "crt"):
                     files.absent(host, f"{apps.TLS_DIR}/{app['name']}.{suffix}")
 
