@@ -63,12 +63,15 @@ if details:
     print("; ".join(f"{n}: {d}" for n, d in zip(names, details)) if len(names) == len(details)
           else "; ".join(details))
     sys.exit()
-unreachable = re.search(r"(Failed to establish a new connection: [^'\")]*|Name or service not known"
-                        r"|Connection refused|timed out|certificate verify failed[^'\")]*)", text)
-if unreachable:
-    print("cannot reach the CA (" + unreachable.group(1).strip() + ")")
+if "An unexpected error occurred:" in lines[:-1]:
+    error = lines[lines.index("An unexpected error occurred:") + 1]
+    found = re.search(r"Failed to establish a new connection: ([^'\")]*)", error)
+    error = found.group(1) if found else re.sub(r"^[\w.]+(Error|Exception): ", "", error)
+    network = ("refused", "not known", "timed out", "unreachable", "Max retries", "verify failed",
+               "Temporary failure", "Requesting")
+    print(f"cannot reach the CA ({error})" if any(w in error for w in network) else error[:300])
     sys.exit()
-boilerplate = ("Ask for help", "See the logfile", "Saving debug log", "An unexpected error")
+boilerplate = ("Ask for help", "See the logfile", "Saving debug log")
 rest = [ln for ln in lines if not ln.startswith(boilerplate)]
 print((rest or ["certbot failed"])[-1][:300])
 """

@@ -1,0 +1,307 @@
+"""tls: acme against a real ACME server: Pebble, Let's Encrypt's test CA, on the controller.
+
+Pebble listens on the test lab's gateway (the controller's side of the lab bridge),
+where lab1 reaches it; it validates HTTP-01 on port 80 of whatever the app's name
+resolves to, and pebble-challtestsrv answers its DNS: every name is lab1, except
+the ones a test points elsewhere. Pebble's own TLS certificate comes from a CA made
+here, which lab1 trusts for the duration of the module (lab-only setup, like the
+lab's CA trust: the product's roles know nothing of it). The certificates Pebble
+issues chain to a root it makes at start, fetched from its management port
+(``/roots/0``); curl verifies HTTPS on lab1 against it.
+
+Both processes are ended at teardown, also when a test fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import subprocess
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+import pytest
+
+from keel.connection import Connection
+from keel.inventory import HostSpec
+from tests.conftest import TestLab, fab
+from tests.integration.conftest import run_ok
+from tests.load import Load
+
+NAME = "hello.acme.test"
+EMAIL = "ops@acme.test"
+TRUSTED = "/usr/local/share/ca-certificates/keel-test-pebble-listener.crt"
+
+
+@dataclass
+class Pebble:
+    gateway: str
+    dir: Path
+    listener_ca: Path  # signed Pebble's own TLS certificate (ACME and management ports)
+
+    @property
+    def directory(self) -> str:
+        return f"https://{self.gateway}:14000/dir"
+
+    def management(self, path: str) -> bytes:
+        return _https(f"https://{self.gateway}:15000{path}", self.listener_ca)
+
+    def root(self) -> Path:
+        """The root Pebble's certificates chain to (made anew each time Pebble starts)."""
+        path = self.dir / "issuer-root.pem"
+        path.write_bytes(self.management("/roots/0"))
+        return path
+
+    def dns(self, endpoint: str, doc: dict) -> None:
+        """Change pebble-challtestsrv's mock DNS (its management API, on the gateway)."""
+        req = urllib.request.Request(f"http://{self.gateway}:8055{endpoint}",
+                                     data=json.dumps(doc).encode(), method="POST")
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            assert resp.status == 200, (endpoint, resp.status)
+
+
+def _https(url: str, ca: Path) -> bytes:
+    proc = subprocess.run(["curl", "-sf", "--max-time", "5", "--cacert", str(ca), url],
+                          capture_output=True)
+    assert proc.returncode == 0, f"{url}: curl exit {proc.returncode}"
+    return proc.stdout
+
+
+def _listener_certs(folder: Path, gateway: str) -> Path:
+    """A CA and, signed by it, a certificate for Pebble's listeners on ``gateway``."""
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=folder)
+
+    openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+            "-days", "2", "-subj", "/CN=keel test Pebble listener CA", "-keyout", "ca.key",
+            "-out", "ca.pem")
+    openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+            "-subj", f"/CN={gateway}", "-keyout", "key.pem", "-out", "cert.csr")
+    (folder / "san.ext").write_text(f"subjectAltName=IP:{gateway}\n")
+    openssl("x509", "-req", "-in", "cert.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+            "-CAcreateserial", "-days", "2", "-extfile", "san.ext", "-out", "cert.pem")
+    return folder / "ca.pem"
+
+
+def _wait_for(what: str, ready: Callable[[], bool], timeout: float = 20) -> None:
+    end = time.monotonic() + timeout
+    while not ready():
+        assert time.monotonic() < end, f"{what} not ready in {timeout:.0f}s"
+        time.sleep(0.2)
+
+
+def _answers(url: str, ca: Path) -> bool:
+    return subprocess.run(["curl", "-sf", "--max-time", "2", "--cacert", str(ca), "-o", "/dev/null",
+                           url]).returncode == 0
+
+
+@pytest.fixture(scope="module")
+def lab1(deployed: HostSpec) -> Iterator[Connection]:
+    conn = Connection.open(deployed, user="deploy")
+    yield conn
+    conn.close()
+
+
+@pytest.fixture(scope="module")
+def pebble(test_lab: TestLab, deployed: HostSpec, lab1: Connection,
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pebble]:
+    gateway = test_lab.lab.gateway
+    folder = tmp_path_factory.mktemp("pebble")
+    ca = _listener_certs(folder, gateway)
+    (folder / "pebble.json").write_text(json.dumps({"pebble": {
+        "listenAddress": f"{gateway}:14000", "managementListenAddress": f"{gateway}:15000",
+        "certificate": str(folder / "cert.pem"), "privateKey": str(folder / "key.pem"),
+        # HTTP-01 is asked on port 80 of the name, as a public CA does.
+        "httpPort": 80, "tlsPort": 443, "ocspResponderURL": "",
+        "externalAccountBindingRequired": False}}))
+    procs: list[subprocess.Popen[bytes]] = []
+    with contextlib.ExitStack() as logs:
+        def log(name: str) -> IO[bytes]:
+            return logs.enter_context(open(folder / name, "wb"))
+
+        try:
+            procs.append(subprocess.Popen(
+                ["pebble-challtestsrv", "-dns01", f"{gateway}:8053", "-management", f"{gateway}:8055",
+                 "-http01", "", "-https01", "", "-tlsalpn01", "",
+                 "-defaultIPv4", deployed.address, "-defaultIPv6", ""],
+                stdout=log("challtestsrv.log"), stderr=subprocess.STDOUT))
+            procs.append(subprocess.Popen(
+                ["pebble", "-config", str(folder / "pebble.json"), "-dnsserver", f"{gateway}:8053"],
+                env={"PEBBLE_VA_NOSLEEP": "1", "PATH": "/usr/bin:/bin"},
+                stdout=log("pebble.log"), stderr=subprocess.STDOUT))
+            server = Pebble(gateway, folder, ca)
+
+            def up() -> bool:
+                for proc, name in zip(procs, ("challtestsrv.log", "pebble.log"), strict=True):
+                    assert proc.poll() is None, f"{name}: {(folder / name).read_text()[-2000:]}"
+                return _answers(server.directory, ca)
+
+            _wait_for("pebble", up)
+            # LAB ONLY: lab1 trusts Pebble's listener certificate, as it trusts the lab's CA.
+            lab1.run(f"cat > {TRUSTED} && update-ca-certificates >/dev/null", stdin=ca.read_bytes())
+            yield server
+        finally:
+            lab1.run(f"rm -f {TRUSTED} && update-ca-certificates --fresh >/dev/null")
+            for proc in procs:
+                proc.terminate()
+            for proc in procs:
+                try:
+                    proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+
+
+@pytest.fixture(scope="module")
+def restore(test_lab: TestLab, deployed: HostSpec, lab1: Connection) -> Iterator[None]:
+    """At the end, lab1 back to the example app over HTTP: the ACME certificate goes too."""
+    yield
+    fab("deploy", "--limit", "lab1", inventory=test_lab.inventory_path, check=True)
+    assert run_ok(lab1, "ls /etc/letsencrypt/renewal 2>/dev/null; true").split() == []
+    code, _ = _get(deployed.address, f"http://{deployed.address}/healthz")
+    assert code == 200
+
+
+def _app(**overrides: object) -> str:
+    app = {"name": "hello", "source": "app", "module": "hello:create_app()",
+           "env": {"APP_SECRET_KEY": "lab-only-secret-change-me"},
+           "pre_start": ["python -m hello.migrate"], "server_name": NAME, "tls": "acme",
+           "acme_email": EMAIL, **overrides}
+    return json.dumps({"apps": [app]})
+
+
+def _deploy(test_lab: TestLab, *args: str, **overrides: object) -> subprocess.CompletedProcess[str]:
+    return fab("deploy", "--limit", "lab1", *args, "--extra-vars", _app(**overrides),
+               inventory=test_lab.inventory_path)
+
+
+def _inventory(test_lab: TestLab, tmp_path: Path, variables: str) -> Path:
+    """The test lab's inventory with ``variables`` (JSON) as lab1's host_vars (for fab verify)."""
+    path = tmp_path / "inventory" / "lab.yml"
+    (path.parent / "host_vars").mkdir(parents=True)
+    path.write_text(test_lab.inventory_path.read_text())
+    (path.parent / "group_vars").symlink_to(test_lab.inventory_path.parent / "group_vars")
+    (path.parent / "host_vars" / "lab1.yml").write_text(variables)
+    return path
+
+
+def _errors(proc: subprocess.CompletedProcess[str]) -> list[str]:
+    return [ln for ln in proc.stdout.splitlines() if ln.startswith("lab1: ")]
+
+
+def _get(address: str, url: str, *curl: str) -> tuple[int, str]:
+    proc = subprocess.run(["curl", "-s", "--max-time", "5", "-w", "\n%{http_code}",
+                           "--resolve", f"{NAME}:443:{address}", "--resolve", f"{NAME}:80:{address}",
+                           *curl, url], capture_output=True, text=True)
+    body, _, code = proc.stdout.rpartition("\n")
+    return int(code or 0), body
+
+
+def _serial(address: str) -> str:
+    """The serial of the certificate lab1 serves for NAME."""
+    pem = subprocess.run(["openssl", "s_client", "-connect", f"{address}:443", "-servername", NAME],
+                         input="", capture_output=True, text=True, timeout=10).stdout
+    return subprocess.run(["openssl", "x509", "-noout", "-serial"], input=pem, capture_output=True,
+                          text=True, check=True).stdout.strip()
+
+
+# ------------------------------------------------------------------ the tests, in order
+def test_bad_input_changes_nothing(test_lab: TestLab, deployed: HostSpec, restore: None) -> None:
+    proc = _deploy(test_lab, tls_cert="cert.pem")
+    assert proc.returncode != 0
+    assert _errors(proc) == ["lab1: app hello: tls: acme and tls_cert are both set "
+                             "(use one: ACME gets the certificate itself)"], proc.stdout
+    assert "lab1 changed" not in proc.stdout, proc.stdout
+    assert re.search(r"^lab1\s+0\s+0\s+1\s+0$", proc.stdout, re.M), proc.stdout  # the recap
+
+
+def test_unreachable_ca_keeps_http_and_fails_in_one_line(
+        test_lab: TestLab, deployed: HostSpec, pebble: Pebble, lab1: Connection, restore: None) -> None:
+    nowhere = f"https://{pebble.gateway}:14001/dir"  # nothing listens there
+    proc = _deploy(test_lab, acme_directory=nowhere)
+    assert proc.returncode != 0
+    errors = _errors(proc)
+    assert len(errors) == 1, proc.stdout
+    print(f"\n{errors[0]}")
+    assert errors[0].startswith(f"lab1: app hello: no certificate for {NAME} from {nowhere}: "
+                                "cannot reach the CA ("), errors
+    assert errors[0].endswith("; serving HTTP"), errors
+    code, body = _get(deployed.address, f"http://{NAME}/healthz")
+    assert code == 200 and json.loads(body)["status"] == "ok", (code, body)
+    run_ok(lab1, "nginx -t -q")
+
+
+def test_issue_serves_https_with_pebbles_chain(test_lab: TestLab, deployed: HostSpec, pebble: Pebble,
+                                               lab1: Connection, tmp_path: Path) -> None:
+    proc = _deploy(test_lab, acme_directory=pebble.directory)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert f"hello: ACME certificate for {NAME} (none yet)" in proc.stdout
+    root = pebble.root()
+    code, body = _get(deployed.address, f"https://{NAME}/healthz", "--cacert", str(root))
+    assert code == 200 and json.loads(body)["status"] == "ok", (code, body)
+    # Without Pebble's root the chain is not trusted: it is Pebble's, not another's.
+    assert _get(deployed.address, f"https://{NAME}/healthz")[0] == 0
+    redirect = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code} %{redirect_url}",
+                               "-H", f"Host: {NAME}", f"http://{deployed.address}/healthz"],
+                              capture_output=True, text=True).stdout
+    assert redirect == f"301 https://{NAME}/healthz"
+    # The challenge location still answers over HTTP, for renewals.
+    run_ok(lab1, "echo token > /var/www/keel-acme/.well-known/acme-challenge/keel-test")
+    assert _get(deployed.address, f"http://{NAME}/.well-known/acme-challenge/keel-test") == (
+        200, "token\n")
+    run_ok(lab1, "rm /var/www/keel-acme/.well-known/acme-challenge/keel-test")
+    again = _deploy(test_lab, "--json", "/dev/stdout", acme_directory=pebble.directory)
+    assert again.returncode == 0, again.stdout[-3000:]
+    doc = json.loads(again.stdout[again.stdout.index("{"):again.stdout.rindex("}") + 1])
+    assert doc["hosts"]["lab1"]["changed"] == 0, again.stdout[-3000:]
+    # The certificate's probe rides in the batch with the others: still 2 round trips.
+    assert doc["hosts"]["lab1"]["round_trips"] == 2, doc["hosts"]["lab1"]["round_trips"]
+    verify = fab("verify", "--limit", "lab1", inventory=_inventory(
+        test_lab, tmp_path, _app(acme_directory=pebble.directory)))
+    assert verify.returncode == 0, verify.stdout[-3000:]
+    assert run_ok(lab1, "systemctl is-enabled certbot.timer; systemctl is-active certbot.timer"
+                  ).split() == ["enabled", "active"]
+
+
+def test_forced_renewal_reloads_nginx_without_a_failed_request(
+        deployed: HostSpec, pebble: Pebble, lab1: Connection) -> None:
+    before = _serial(deployed.address)
+    # A new TLS connection per request: every one meets the configuration live then.
+    with Load(f"https://{deployed.address}/healthz", connections=4, max_seconds=60,
+              max_requests=200_000, headers=(f"Host: {NAME}", "Connection: close")) as load:
+        time.sleep(1)  # load under way before the renewal (the run is bounded by wrk itself)
+        run_ok(lab1, "certbot renew --force-renewal --cert-name hello --no-random-sleep-on-renew "
+                     "-q")
+        _wait_for("the renewed certificate", lambda: _serial(deployed.address) != before)
+        time.sleep(1)
+    result = load.result
+    assert result is not None
+    print(f"\nforced renewal under load: {result.requests} requests, {result.errors} failed, "
+          f"p99 {result.p99_ms} ms")
+    assert result.requests > 100 and result.errors == 0, result
+    root = pebble.root()
+    assert _get(deployed.address, f"https://{NAME}/healthz", "--cacert", str(root))[0] == 200
+
+
+def test_a_name_that_fails_its_challenge(test_lab: TestLab, deployed: HostSpec, pebble: Pebble,
+                                         lab1: Connection) -> None:
+    bad = "elsewhere.acme.test"
+    pebble.dns("/add-a", {"host": bad, "addresses": ["127.0.0.1"]})  # not lab1: nothing there
+    serial = _serial(deployed.address)
+    proc = _deploy(test_lab, acme_directory=pebble.directory, server_name=f"{NAME} {bad}")
+    assert proc.returncode != 0
+    errors = _errors(proc)
+    assert len(errors) == 1, proc.stdout
+    print(f"\n{errors[0]}")
+    assert errors[0].startswith(f"lab1: app hello: no certificate for {NAME} {bad} from "
+                                f"{pebble.directory}: {bad}: "), errors
+    assert errors[0].endswith("; still serving the previous one"), errors
+    assert _serial(deployed.address) == serial
+    root = pebble.root()
+    assert _get(deployed.address, f"https://{NAME}/healthz", "--cacert", str(root))[0] == 200
+
