@@ -182,6 +182,22 @@ def apply(host: Host) -> None:
             nginx_role.site(host, app)
 
 
+class Found:
+    """For plays that leave certificates alone (``fab rollback``): which ACME apps have
+    theirs, so the health gate asks those over HTTPS, as their site serves them."""
+
+    DEFAULTS: dict[str, Any] = {}
+
+    def preflight(self, host: Host) -> None:
+        preflight(host)
+
+    def apply(self, host: Host) -> None:
+        pass
+
+
+found = Found()
+
+
 class Verdict:
     """After the health gate: a certificate that could not be had fails the run, in one line."""
 

@@ -60,8 +60,8 @@ def app_play(name: str = "deploy") -> Play:
 
 
 def rollback_play() -> Play:
-    return Play("rollback", [apps, release.Rollback(), release.gate], TEMPLATES, login=login,
-                lock=True)
+    return Play("rollback", [apps, acme.found, release.Rollback(), release.gate], TEMPLATES,
+                login=login, lock=True)
 
 
 def releases_play() -> Play:

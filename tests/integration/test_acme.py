@@ -30,7 +30,7 @@ import pytest
 from keel.connection import Connection
 from keel.inventory import HostSpec
 from tests.conftest import TestLab, fab
-from tests.integration.conftest import run_ok
+from tests.integration.conftest import Variant, run_ok
 from tests.load import Load
 
 NAME = "hello.acme.test"
@@ -337,3 +337,26 @@ def test_a_name_that_fails_its_challenge(test_lab: TestLab, deployed: HostSpec, 
     root = pebble.root()
     assert _get(deployed.address, f"https://{NAME}/healthz", "--cacert", str(root))[0] == 200
 
+
+
+def test_rollback_asks_the_https_site(test_lab: TestLab, deployed: HostSpec, pebble: Pebble,
+                                      lab1: Connection, host_python: str, tmp_path: Path) -> None:
+    """fab rollback knows the app has its certificate: its health gate asks over HTTPS (a 200
+    in nginx's log from 127.0.0.1), not over HTTP (which only redirects)."""
+    variant = Variant(tmp_path, host_python)
+    before = variant.release
+    acme = {"server_name": NAME, "tls": "acme", "acme_email": EMAIL,
+            "acme_directory": pebble.directory}
+    new = variant.change()
+    proc = fab("deploy", "--limit", "lab1", "--extra-vars", variant.extra(**acme),
+               inventory=test_lab.inventory_path)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    root = pebble.root()
+    https = ["--cacert", str(root)]
+    assert json.loads(_get(deployed.address, f"https://{NAME}/version", *https)[1])["release"] == new
+    proc = fab("rollback", "--limit", "lab1",
+               inventory=_inventory(test_lab, tmp_path, variant.extra(**acme)))
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert json.loads(_get(deployed.address, f"https://{NAME}/version", *https)[1])["release"] == before
+    gate = run_ok(lab1, "grep '^127.0.0.1 .*\"GET /healthz ' /var/log/nginx/access.log | tail -n 1")
+    assert '" 200 ' in gate, gate
