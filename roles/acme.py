@@ -31,6 +31,8 @@ The ACME client trusts the CA's TLS certificate through the host's trust store
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from typing import Any
 
 from keel.errors import HostError, OperationError
@@ -77,12 +79,52 @@ print((rest or ["certbot failed"])[-1][:300])
 """
 
 
-def lineages(host: Host) -> dict[str, tuple[str, set[str]]]:
-    """certbot's lineages named after this host's apps: {app: (directory URL, DNS names)}."""
+# A DNS name as a public CA issues for it over HTTP-01: letters, digits and hyphens in
+# dot-separated labels, at least two labels, no wildcard (HTTP-01 cannot prove one).
+_DNS_NAME = re.compile(r"(?=.{1,253}\Z)(?:(?!-)[A-Za-z0-9-]{1,63}(?<!-)\.)+(?!-)[A-Za-z0-9-]{1,63}(?<!-)\Z")
+_EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+\Z")
+
+
+def check_settings(host: Host, who: str, prefix: str, *, email: Any, directory: Any,
+                   server_name: Any, files: dict[str, Any]) -> None:
+    """Bad ACME settings of ``who`` (an app, or the lb), as one-line errors.
+
+    ``prefix`` is put before the setting names (``lb_`` on a load balancer);
+    ``files`` are the certificate-file settings that must stay unset.
+    """
+    for key, value in files.items():
+        if value:
+            raise HostError(host.name, f"{who}: {prefix}tls: acme and {key} are both set "
+                                       "(use one: ACME gets the certificate itself)")
+    if not _EMAIL.match(str(email or "")):
+        raise HostError(host.name, f"{who}: {prefix}acme_email {email!r} is not an "
+                                   f"email address ({prefix}tls: acme needs one)")
+    if not str(directory).startswith("https://"):
+        raise HostError(host.name, f"{who}: {prefix}acme_directory {directory!r} is "
+                                   "not an https:// URL")
+    names = str(server_name).split()
+    bad = [n for n in names if not _DNS_NAME.match(n) or _is_ip(n)]
+    if not names or bad:
+        raise HostError(host.name, f"{who}: {prefix}server_name {(bad or [''])[0]!r} cannot get "
+                                   f"an ACME certificate ({prefix}tls: acme needs DNS names, not "
+                                   "'_', an IP address or a wildcard)")
+
+
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+def lineages(host: Host, names: list[str]) -> dict[str, tuple[str, set[str]]]:
+    """certbot's lineages of these names: {name: (directory URL, DNS names)}."""
     found: dict[str, tuple[str, set[str]]] = {}
-    names = " ".join(q(app["name"]) for app in apps.resolve(host))
+    if not names:
+        return found
     res = host.run(
-        f"for n in {names}; do c={RENEWAL_DIR}/$n.conf; [ -f \"$c\" ] || continue;"
+        f"for n in {' '.join(q(n) for n in names)}; do c={RENEWAL_DIR}/$n.conf; [ -f \"$c\" ] || continue;"
         " s=$(sed -n 's/^server *= *//p' \"$c\");"
         " d=$(openssl x509 -in /etc/letsencrypt/live/$n/cert.pem -noout -ext subjectAltName"
         " 2>/dev/null | tr -d ' ' | tr ',' '\\n' | sed -n 's/^DNS://p' | tr '\\n' ' ');"
@@ -93,8 +135,11 @@ def lineages(host: Host) -> dict[str, tuple[str, set[str]]]:
     return found
 
 
-def due(app: dict[str, Any], have: tuple[str, set[str]] | None) -> str | None:
-    """Why certbot must ask for ``app``'s certificate now, or None if the one it has is right.
+def due(cert: dict[str, Any], have: tuple[str, set[str]] | None) -> str | None:
+    """Why certbot must ask for ``cert`` now, or None if the one it has is right.
+
+    ``cert`` is what is wanted: ``server_name`` and ``acme_directory`` (an app, or the
+    lb's settings under these names).
 
     >>> due({"server_name": "a.org b.org", "acme_directory": "https://ca/dir"},
     ...     ("https://ca/dir", {"a.org"}))
@@ -102,32 +147,36 @@ def due(app: dict[str, Any], have: tuple[str, set[str]] | None) -> str | None:
     """
     if not have or not have[1]:
         return "none yet"
-    if have[1] != set(str(app["server_name"]).split()):
+    if have[1] != set(str(cert["server_name"]).split()):
         return "the names changed"
-    if have[0] != app["acme_directory"]:
+    if have[0] != cert["acme_directory"]:
         return "acme_directory changed"
     return None
 
 
 def preflight(host: Host) -> None:
     """Which ACME apps have their certificate (their site serves HTTPS from the start)."""
-    found = host.memo["acme_lineages"] = lineages(host)
+    found = host.memo["acme_lineages"] = lineages(host, [a["name"] for a in apps.resolve(host)])
     for app in apps.resolve(host):
         if app["acme"]:
             app["acme_due"] = due(app, found.get(app["name"]))
             app["https"] = bool(found.get(app["name"], ("", set()))[1])
 
 
-def certbot(host: Host, app: dict[str, Any]) -> str:
-    """The host script that gets ``app``'s certificate, once its site serves the challenge."""
-    names = str(app["server_name"]).split()
-    probe = f"keel-probe-{app['name']}"
+def certbot(host: Host, cert: dict[str, Any]) -> str:
+    """The host script that gets ``cert``'s certificate, once its site serves the challenge.
+
+    ``cert``: ``name`` (certbot's lineage), ``server_name``, ``listen`` (the HTTP port
+    serving the challenge), ``acme_email``, ``acme_directory``.
+    """
+    names = str(cert["server_name"]).split()
+    probe = f"keel-probe-{cert['name']}"
     folder = f"{apps.ACME_WEBROOT}/.well-known/acme-challenge"
     ask = (f"curl -s --max-time 2 -H {q('Host: ' + names[0])} "
-           f"http://127.0.0.1:{int(app['listen'])}/.well-known/acme-challenge/{probe}")
+           f"http://127.0.0.1:{int(cert['listen'])}/.well-known/acme-challenge/{probe}")
     cmd = ["certbot", "certonly", "--non-interactive", "--agree-tos", "--force-renewal",
-           "--email", app["acme_email"], "--server", app["acme_directory"],
-           "--webroot", "-w", apps.ACME_WEBROOT, "--cert-name", app["name"],
+           "--email", cert["acme_email"], "--server", cert["acme_directory"],
+           "--webroot", "-w", apps.ACME_WEBROOT, "--cert-name", cert["name"],
            *[arg for name in names for arg in ("-d", name)]]
     # The reload that enabled the challenge location returns before every worker has
     # the new site: the CA is asked only once nginx serves a file from the webroot.
@@ -145,34 +194,53 @@ printf '%s' "$out" | python3 -c {q(SUMMARY)} >&2
 exit 1"""
 
 
-def apply(host: Host) -> None:
-    every = apps.resolve(host)
-    found = host.memo.get("acme_lineages", {})
-    for app in every:  # left by an app that no longer uses ACME: certbot would keep renewing it
-        if not app["acme"] and app["name"] in found:
-            server.command(host, f"certbot delete --non-interactive --cert-name {q(app['name'])}",
-                           name=f"{app['name']}: ACME certificate no longer used: deleted")
-    secured = [app for app in every if app["acme"]]
-    if not secured:
-        return
+def install(host: Host) -> None:
+    """certbot, the webroot nginx serves the challenge from, the deploy hook, the timer."""
     apt.packages(host, host.vars["acme_packages"])
     files.directory(host, apps.ACME_WEBROOT, mode="0755")
     files.directory(host, DEPLOY_HOOK.rsplit("/", 1)[0], mode="0755")
     files.template(host, "certbot-deploy-hook.sh.j2", DEPLOY_HOOK, mode="0755")
     systemd.service(host, "certbot.timer", enabled=True, running=True)
+
+
+def obtain(host: Host, cert: dict[str, Any], why: str) -> str | None:
+    """Ask the CA for ``cert`` (see :func:`certbot`) once nginx serves the challenge
+    location: None when certbot got it (or in a plan), else its reason in one line."""
+    names = " ".join(str(cert["server_name"]).split())
+    if not host.check:
+        host.flush_handlers()  # nginx serves the challenge location from here on
+    try:
+        server.command(host, certbot(host, cert),
+                       name=f"{cert['label']}: ACME certificate for {names} ({why})")
+    except OperationError:
+        return host.results[-1].error or "certbot failed"
+    return None
+
+
+def delete(host: Host, name: str, label: str) -> None:
+    """Delete lineage ``name``: certbot's timer would keep renewing a certificate no one uses."""
+    server.command(host, f"certbot delete --non-interactive --cert-name {q(name)}",
+                   name=f"{label}: ACME certificate no longer used: deleted")
+
+
+def apply(host: Host) -> None:
+    every = apps.resolve(host)
+    found = host.memo.get("acme_lineages", {})
+    for app in every:
+        if not app["acme"] and app["name"] in found:
+            delete(host, app["name"], app["name"])
+    secured = [app for app in every if app["acme"]]
+    if not secured:
+        return
+    install(host)
     failed = host.memo.setdefault("acme_failed", [])
     for app in secured:
         why = app.get("acme_due")
         if not why:
             continue
-        names = " ".join(str(app["server_name"]).split())
-        if not host.check:
-            host.flush_handlers()  # nginx serves the challenge location from here on
-        try:
-            server.command(host, certbot(host, app),
-                           name=f"{app['name']}: ACME certificate for {names} ({why})")
-        except OperationError:
-            reason = host.results[-1].error
+        reason = obtain(host, {**app, "label": app["name"]}, why)
+        if reason:
+            names = " ".join(str(app["server_name"]).split())
             failed.append(f"app {app['name']}: no certificate for {names} from "
                           f"{app['acme_directory']}: {reason}; "
                           + ("still serving the previous one" if app["https"] else "serving HTTP"))

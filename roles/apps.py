@@ -21,7 +21,6 @@ Layout on the host for an app called ``hello``::
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import re
 import tomllib
 from pathlib import Path, PurePosixPath
@@ -431,38 +430,12 @@ def _resolve_tls(host: Host, app: dict[str, Any], project: Path) -> None:
     app["tls_key_path"] = f"{TLS_DIR}/{name}.key"
 
 
-# A DNS name as a public CA issues for it over HTTP-01: letters, digits and hyphens in
-# dot-separated labels, at least two labels, no wildcard (HTTP-01 cannot prove one).
-_DNS_NAME = re.compile(r"(?=.{1,253}\Z)(?:(?!-)[A-Za-z0-9-]{1,63}(?<!-)\.)+(?!-)[A-Za-z0-9-]{1,63}(?<!-)\Z")
-_EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+\Z")
-
-
 def _check_acme(host: Host, app: dict[str, Any]) -> None:
-    name = app["name"]
-    for key in ("tls_cert", "tls_key"):
-        if app[key]:
-            raise HostError(host.name, f"app {name}: tls: acme and {key} are both set "
-                                       "(use one: ACME gets the certificate itself)")
-    if not _EMAIL.match(str(app["acme_email"] or "")):
-        raise HostError(host.name, f"app {name}: acme_email {app['acme_email']!r} is not an "
-                                   "email address (tls: acme needs one)")
-    if not str(app["acme_directory"]).startswith("https://"):
-        raise HostError(host.name, f"app {name}: acme_directory {app['acme_directory']!r} is "
-                                   "not an https:// URL")
-    names = str(app["server_name"]).split()
-    bad = [n for n in names if not _DNS_NAME.match(n) or _is_ip(n)]
-    if not names or bad:
-        raise HostError(host.name, f"app {name}: server_name {(bad or [''])[0]!r} cannot get an "
-                                   "ACME certificate (tls: acme needs DNS names, not '_', an IP "
-                                   "address or a wildcard)")
+    from roles import acme  # acme reads the apps: imported here, not at load
 
-
-def _is_ip(name: str) -> bool:
-    try:
-        ipaddress.ip_address(name)
-    except ValueError:
-        return False
-    return True
+    acme.check_settings(host, f"app {app['name']}", "", email=app["acme_email"],
+                        directory=app["acme_directory"], server_name=app["server_name"],
+                        files={k: app[k] for k in ("tls_cert", "tls_key")})
 
 
 def expectations(variables: dict[str, Any]) -> dict[str, Any]:
