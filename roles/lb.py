@@ -22,6 +22,16 @@ redirects to HTTPS, and the app hosts are still spoken to in HTTP (leave TLS
 off on them). The files go to ``/etc/nginx/tls/lb.{crt,key}``, the key 0600
 root:root and uploaded as a secret.
 
+With ``lb_tls: acme`` (and ``lb_acme_email``) the lb gets its certificate from an
+ACME CA instead (``lb_acme_directory``, Let's Encrypt production by default) for
+the names of ``lb_server_name``, by certbot as an ACME app does (roles/acme.py,
+lineage ``lb``): the HTTP-01 challenge is answered by the lb's own nginx on
+``lb_listen`` from certbot's webroot, never proxied to the app hosts, before and
+after the switch to HTTPS. certbot's timer renews it, and its deploy hook reloads
+nginx gracefully. A CA that cannot be reached leaves the lb serving as it was
+(HTTP on a first deploy) and fails the run in one line. The certificate is deleted
+when the lb no longer uses ACME.
+
 Example inventory::
 
     all:
@@ -41,7 +51,7 @@ from keel.host import Host
 from keel.inventory import HostSpec
 from keel.operation import q
 from keel.ops import apt, files, systemd
-from roles import apps, nginx, tls
+from roles import acme, apps, nginx, tls
 
 #: Inventory group of the load balancers, and of the hosts they balance over.
 GROUP = "lb"
@@ -51,9 +61,12 @@ SITE = f"/etc/nginx/sites-available/{NAME}"
 TLS_CERT = f"{apps.TLS_DIR}/{NAME}.crt"
 TLS_KEY = f"{apps.TLS_DIR}/{NAME}.key"
 TLS_DHPARAM = f"{apps.TLS_DIR}/ffdhe2048.pem"
+ACME_CERT = f"{apps.ACME_LIVE_DIR}/{NAME}/fullchain.pem"
+ACME_KEY = f"{apps.ACME_LIVE_DIR}/{NAME}/privkey.pem"
 
 DEFAULTS: dict[str, Any] = {
     **nginx.DEFAULTS,
+    **acme.DEFAULTS,
     "lb_listen": 80,
     "lb_server_name": "_",
     # Port of the app hosts' nginx.
@@ -84,6 +97,15 @@ DEFAULTS: dict[str, Any] = {
     "lb_tls_listen": 443,
     # Strict-Transport-Security max-age in seconds (0: no HSTS header).
     "lb_tls_hsts": 0,
+    # lb_tls: acme gets the certificate from an ACME CA instead, for the names of
+    # lb_server_name (DNS names pointing at this lb), with the HTTP-01 challenge
+    # answered on lb_listen. Not together with lb_tls_cert/lb_tls_key.
+    "lb_tls": "",
+    # The account's contact address, for the CA's expiry notices (required with ACME).
+    "lb_acme_email": "",
+    # The CA's ACME directory (Let's Encrypt's staging CA for trials:
+    # https://acme-staging-v02.api.letsencrypt.org/directory).
+    "lb_acme_directory": "https://acme-v02.api.letsencrypt.org/directory",
 }
 
 HANDLERS = {name: nginx.HANDLERS[name] for name in ("restart nginx", "reload nginx")}
@@ -125,6 +147,11 @@ def preflight(host: Host) -> None:
     if unknown:
         raise HostError(host.name, f"lb: lb_down names unknown backends {unknown}")
     tls_files(host)
+    check_acme(host)
+    # The lb's lineage, if any: it serves HTTPS from the start, or it is left to delete.
+    have = acme.lineages(host, [NAME]).get(NAME)
+    host.memo["lb_acme_have"] = bool(have and have[1])
+    host.memo["lb_acme_due"] = acme.due(certificate(host), have) if uses_acme(host) else None
     ports = {int(host.vars["lb_listen"])}
     if uses_tls(host.vars):
         ports.add(int(host.vars["lb_tls_listen"]))
@@ -132,13 +159,41 @@ def preflight(host: Host) -> None:
 
 
 def uses_tls(variables: dict[str, Any]) -> bool:
-    return bool(variables.get("lb_tls_cert") or variables.get("lb_tls_key"))
+    return bool(variables.get("lb_tls_cert") or variables.get("lb_tls_key")
+                or variables.get("lb_tls") == "acme")
+
+
+def uses_acme(host: Host) -> bool:
+    """``lb_tls: acme``; any other value but unset is an error."""
+    mode = host.vars.get("lb_tls")
+    if mode not in ("", None, False, "acme"):
+        raise HostError(host.name, f"lb: lb_tls must be 'acme' (or unset, with lb_tls_cert and "
+                                   f"lb_tls_key for certificate files), not {mode!r}")
+    return mode == "acme"
+
+
+def check_acme(host: Host) -> None:
+    """With ``lb_tls: acme``: an email address, DNS names, no certificate files."""
+    v = host.vars
+    if uses_acme(host):
+        acme.check_settings(host, "lb", "lb_", email=v["lb_acme_email"],
+                            directory=v["lb_acme_directory"], server_name=v["lb_server_name"],
+                            files={k: v[k] for k in ("lb_tls_cert", "lb_tls_key")})
+
+
+def certificate(host: Host) -> dict[str, Any]:
+    """What certbot is asked for (see :func:`roles.acme.certbot`)."""
+    v = host.vars
+    return {"name": NAME, "label": "lb", "server_name": v["lb_server_name"],
+            "listen": v["lb_listen"], "acme_email": v["lb_acme_email"],
+            "acme_directory": v["lb_acme_directory"]}
 
 
 def tls_files(host: Host) -> tuple[Path, Path] | None:
-    """The lb's certificate and key on the controller, both readable, or None without TLS."""
+    """The lb's certificate and key on the controller, both readable, or None without TLS
+    files (none, or ``lb_tls: acme``)."""
     v = host.vars
-    if not uses_tls(v):
+    if not uses_tls(v) or uses_acme(host):
         return None
     project = Path(v.get("project_dir") or ".")
     found = []
@@ -182,22 +237,49 @@ def apply(host: Host) -> None:
     nginx.harden(host)
     if v["nginx_disable_default_site"]:
         files.absent(host, "/etc/nginx/sites-enabled/default", notify="reload nginx")
-    pem = tls_files(host)
-    if pem:  # before the site, so its nginx -t finds them
+    pem, with_acme = tls_files(host), uses_acme(host)
+    if pem or with_acme:  # before the site, so its nginx -t finds them
         files.directory(host, apps.TLS_DIR, owner="root", group="root", mode="0700")
         files.file(host, TLS_DHPARAM, tls.FFDHE2048, mode="0644", notify="reload nginx")
+    if pem:
         files.file(host, TLS_CERT, pem[0].read_bytes(), mode="0644", notify="reload nginx")
         files.file(host, TLS_KEY, pem[1].read_bytes(), mode="0600", secret=True,
                    notify="reload nginx")
-    files.template(host, "lb.conf.j2", SITE, backends=v["lb_backends"], down=set(v["lb_down"]),
-                   tls=bool(pem), tls_cert_path=TLS_CERT, tls_key_path=TLS_KEY,
-                   tls_dhparam=TLS_DHPARAM, tls_hsts=v["lb_tls_hsts"],
-                   validate=nginx.site_validate(NAME), notify="reload nginx")
-    files.symlink(host, f"/etc/nginx/sites-enabled/{NAME}", SITE, notify="reload nginx")
+    if with_acme:
+        acme.install(host)
+    # An ACME lb serves HTTPS once it has its certificate (in this run, or before).
+    site(host, https=bool(pem) or (with_acme and host.memo.get("lb_acme_have", False)))
     if not pem:  # once the site no longer refers to them
         for path in (TLS_KEY, TLS_CERT):
             files.absent(host, path)
+    if not with_acme and host.memo.get("lb_acme_have"):
+        acme.delete(host, NAME, "lb")
     systemd.service(host, "nginx", enabled=True, running=True)
+    why = host.memo.get("lb_acme_due")
+    if with_acme and why:
+        wanted = certificate(host)
+        reason = acme.obtain(host, wanted, why)
+        if reason:
+            names = " ".join(str(wanted["server_name"]).split())
+            raise HostError(host.name, f"lb: no certificate for {names} from "
+                                       f"{wanted['acme_directory']}: {reason}; " + (
+                "still serving the previous one" if host.memo.get("lb_acme_have")
+                else "serving HTTP"))
+        if not host.check:
+            site(host, https=True)
+
+
+def site(host: Host, https: bool) -> None:
+    """The lb's nginx site: HTTPS (from files or ACME) with the redirect, or HTTP."""
+    v = host.vars
+    with_acme = uses_acme(host)
+    files.template(host, "lb.conf.j2", SITE, backends=v["lb_backends"], down=set(v["lb_down"]),
+                   tls=https, acme=with_acme, acme_webroot=apps.ACME_WEBROOT,
+                   tls_cert_path=ACME_CERT if with_acme else TLS_CERT,
+                   tls_key_path=ACME_KEY if with_acme else TLS_KEY,
+                   tls_dhparam=TLS_DHPARAM, tls_hsts=v["lb_tls_hsts"],
+                   validate=nginx.site_validate(NAME), notify="reload nginx")
+    files.symlink(host, f"/etc/nginx/sites-enabled/{NAME}", SITE, notify="reload nginx")
 
 
 def expectations(variables: dict[str, Any]) -> dict[str, Any]:
@@ -206,4 +288,4 @@ def expectations(variables: dict[str, Any]) -> dict[str, Any]:
     return {**apps.expectations(variables), "apps": [], "role": "lb",
             "lb_listen": merged["lb_listen"], "lb_site": NAME,
             "lb_tls": uses_tls(merged), "lb_tls_listen": merged["lb_tls_listen"],
-            "lb_tls_key_path": TLS_KEY}
+            "lb_tls_key_path": ACME_KEY if merged["lb_tls"] == "acme" else TLS_KEY}

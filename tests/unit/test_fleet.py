@@ -19,7 +19,7 @@ from keel.errors import HostError
 from keel.inventory import HostSpec
 from keel.runner import HostOutcome, Play, RunOptions
 from keel.stream import remote_command
-from roles import apps, lb, logs, status
+from roles import acme, apps, lb, logs, status
 from roles.tls import FFDHE2048
 from tests.unit.test_templates import NGINX, base_app, nginx_lines
 
@@ -61,10 +61,12 @@ FLEET = [spec("lb1", "10.0.0.10", "lb"), spec("web1", "10.0.0.11", "app"),
          spec("web2", "10.0.0.12", "app"), spec("db1", "10.0.0.20", "db")]
 
 
-def lb_conf(tls: bool = False, folder: Path = Path("/etc/nginx/tls"), **overrides: object) -> str:
+def lb_conf(tls: bool = False, folder: Path = Path("/etc/nginx/tls"), acme: bool = False,
+            **overrides: object) -> str:
     """The lb site as roles/lb.py renders it (TLS files under ``folder``)."""
     v = {**lb.DEFAULTS, "lb_backends": lb.backends(FLEET), **overrides}
     return render("lb.conf.j2", **v, backends=v["lb_backends"], down=set(v["lb_down"]), tls=tls,
+                  acme=acme, acme_webroot=str(folder / "acme"),
                   tls_cert_path=f"{folder}/lb.crt", tls_key_path=f"{folder}/lb.key",
                   tls_dhparam=f"{folder}/ffdhe2048.pem", tls_hsts=v["lb_tls_hsts"])
 
@@ -156,6 +158,73 @@ def test_lb_tls_needs_both_files_and_they_must_exist(tmp_path: Path) -> None:
         lb.tls_files(host)  # type: ignore[arg-type]
     host.vars["lb_tls_cert"] = ""
     assert lb.tls_files(host) is None  # type: ignore[arg-type]
+
+
+def test_lb_acme_serves_the_challenge_itself_before_and_after_its_certificate() -> None:
+    before = lb_conf(acme=True)
+    assert "ssl" not in before
+    challenge = before[before.index("location ^~ /.well-known/acme-challenge/"):]
+    challenge = challenge[:challenge.index("}")]
+    assert "root /etc/nginx/tls/acme;" in challenge and "proxy_pass" not in challenge
+    after = lb_conf(tls=True, acme=True)
+    http, https = after.split("\nserver {")[1:]
+    assert "location ^~ /.well-known/acme-challenge/ {" in http and "proxy_pass" not in http
+    # The redirect is in "location /": a return at server level would answer the challenge too.
+    assert "\n    return 301" not in http and "        return 301 https://$host$request_uri;" in http
+    assert "acme-challenge" not in https and "proxy_pass http://app_hosts;" in https
+
+
+@needs_nginx
+def test_nginx_accepts_the_acme_lb(tmp_path: Path) -> None:
+    (tmp_path / "acme").mkdir()
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                    "-nodes", "-days", "1", "-subj", "/CN=lb.example.test",
+                    "-keyout", str(tmp_path / "lb.key"), "-out", str(tmp_path / "lb.crt")],
+                   check=True, capture_output=True)
+    (tmp_path / "ffdhe2048.pem").write_text(FFDHE2048)
+    for https in (False, True):
+        done = nginx_t(tmp_path, lb_conf(tls=https, folder=tmp_path, acme=True))
+        assert done.returncode == 0, done.stderr
+
+
+ACME_LB = {"lb_tls": "acme", "lb_acme_email": "ops@example.org", "lb_server_name": "example.org"}
+
+
+@pytest.mark.parametrize(("settings", "error"), [
+    ({"lb_acme_email": "ops"}, "lb: lb_acme_email 'ops' is not an email address "
+                               "(lb_tls: acme needs one)"),
+    ({"lb_server_name": "_"}, "lb: lb_server_name '_' cannot get an ACME certificate (lb_tls: acme "
+                              "needs DNS names, not '_', an IP address or a wildcard)"),
+    ({"lb_server_name": "10.0.0.10"}, "lb: lb_server_name '10.0.0.10' cannot get an ACME certificate"),
+    ({"lb_tls_cert": "cert.pem"}, "lb: lb_tls: acme and lb_tls_cert are both set (use one: ACME "
+                                  "gets the certificate itself)"),
+    ({"lb_tls": "letsencrypt"}, "lb: lb_tls must be 'acme' (or unset, with lb_tls_cert and "
+                                "lb_tls_key for certificate files), not 'letsencrypt'"),
+    ({"lb_acme_directory": "http://ca.example.org/dir"},
+     "lb: lb_acme_directory 'http://ca.example.org/dir' is not an https:// URL"),
+])
+def test_bad_lb_acme_settings_are_one_line_naming_the_lb(tmp_path: Path, settings: dict,
+                                                          error: str) -> None:
+    host = SimpleNamespace(name="lb1", vars={**lb.DEFAULTS, "project_dir": str(tmp_path),
+                                             **ACME_LB, **settings})
+    with pytest.raises(HostError) as err:
+        lb.tls_files(host)  # type: ignore[arg-type]
+        lb.check_acme(host)  # type: ignore[arg-type]
+    assert str(err.value).startswith(f"lb1: {error}"), str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_acme_lb_asks_certbot_for_its_server_names() -> None:
+    host = SimpleNamespace(name="lb1", vars={**lb.DEFAULTS, **ACME_LB,
+                                             "lb_server_name": "example.org www.example.org"})
+    assert lb.tls_files(host) is None  # type: ignore[arg-type]
+    lb.check_acme(host)  # type: ignore[arg-type]
+    cert = lb.certificate(host)  # type: ignore[arg-type]
+    assert cert["acme_directory"] == "https://acme-v02.api.letsencrypt.org/directory"
+    script = acme.certbot(host, cert)  # type: ignore[arg-type]
+    assert "--cert-name lb -d example.org -d www.example.org" in script
+    assert "http://127.0.0.1:80/.well-known/acme-challenge/keel-probe-lb" in script
+    assert lb.expectations(ACME_LB)["lb_tls_key_path"] == "/etc/letsencrypt/live/lb/privkey.pem"
 
 
 # ------------------------------------------------------------------ TLS site
