@@ -1,103 +1,31 @@
 """tls: acme against a real ACME server: Pebble, Let's Encrypt's test CA, on the controller.
 
-Pebble listens on the test lab's gateway (the controller's side of the lab bridge),
-where lab1 reaches it; it validates HTTP-01 on port 80 of whatever the app's name
-resolves to, and pebble-challtestsrv answers its DNS: every name is lab1, except
-the ones a test points elsewhere. Pebble's own TLS certificate comes from a CA made
-here, which lab1 trusts for the duration of the module (lab-only setup, like the
-lab's CA trust: the product's roles know nothing of it). The certificates Pebble
-issues chain to a root it makes at start, fetched from its management port
-(``/roots/0``); curl verifies HTTPS on lab1 against it.
-
-Both processes are ended at teardown, also when a test fails.
+Pebble (tests/integration/pebble.py) listens on the test lab's gateway; every name
+resolves to lab1, which trusts Pebble's listener certificate for the duration of the
+module. curl verifies HTTPS on lab1 against the root Pebble's certificates chain to.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
 import subprocess
 import time
-import urllib.request
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
 
 import pytest
 
 from keel.connection import Connection
 from keel.inventory import HostSpec
 from tests.conftest import TestLab, fab
+from tests.integration import pebble as pebble_lab
 from tests.integration.conftest import Variant, run_ok
+from tests.integration.pebble import Pebble, wait_for
 from tests.load import Load
 
 NAME = "hello.acme.test"
 EMAIL = "ops@acme.test"
-TRUSTED = "/usr/local/share/ca-certificates/keel-test-pebble-listener.crt"
-
-
-@dataclass
-class Pebble:
-    gateway: str
-    dir: Path
-    listener_ca: Path  # signed Pebble's own TLS certificate (ACME and management ports)
-
-    @property
-    def directory(self) -> str:
-        return f"https://{self.gateway}:14000/dir"
-
-    def management(self, path: str) -> bytes:
-        return _https(f"https://{self.gateway}:15000{path}", self.listener_ca)
-
-    def root(self) -> Path:
-        """The root Pebble's certificates chain to (made anew each time Pebble starts)."""
-        path = self.dir / "issuer-root.pem"
-        path.write_bytes(self.management("/roots/0"))
-        return path
-
-    def dns(self, endpoint: str, doc: dict) -> None:
-        """Change pebble-challtestsrv's mock DNS (its management API, on the gateway)."""
-        req = urllib.request.Request(f"http://{self.gateway}:8055{endpoint}",
-                                     data=json.dumps(doc).encode(), method="POST")
-        with urllib.request.urlopen(req, timeout=5) as resp:
-            assert resp.status == 200, (endpoint, resp.status)
-
-
-def _https(url: str, ca: Path) -> bytes:
-    proc = subprocess.run(["curl", "-sf", "--max-time", "5", "--cacert", str(ca), url],
-                          capture_output=True)
-    assert proc.returncode == 0, f"{url}: curl exit {proc.returncode}"
-    return proc.stdout
-
-
-def _listener_certs(folder: Path, gateway: str) -> Path:
-    """A CA and, signed by it, a certificate for Pebble's listeners on ``gateway``."""
-    def openssl(*args: str) -> None:
-        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=folder)
-
-    openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-            "-days", "2", "-subj", "/CN=keel test Pebble listener CA", "-keyout", "ca.key",
-            "-out", "ca.pem")
-    openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-            "-subj", f"/CN={gateway}", "-keyout", "key.pem", "-out", "cert.csr")
-    (folder / "san.ext").write_text(f"subjectAltName=IP:{gateway}\n")
-    openssl("x509", "-req", "-in", "cert.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-            "-CAcreateserial", "-days", "2", "-extfile", "san.ext", "-out", "cert.pem")
-    return folder / "ca.pem"
-
-
-def _wait_for(what: str, ready: Callable[[], bool], timeout: float = 20) -> None:
-    end = time.monotonic() + timeout
-    while not ready():
-        assert time.monotonic() < end, f"{what} not ready in {timeout:.0f}s"
-        time.sleep(0.2)
-
-
-def _answers(url: str, ca: Path) -> bool:
-    return subprocess.run(["curl", "-sf", "--max-time", "2", "--cacert", str(ca), "-o", "/dev/null",
-                           url]).returncode == 0
 
 
 @pytest.fixture(scope="module")
@@ -110,53 +38,9 @@ def lab1(deployed: HostSpec) -> Iterator[Connection]:
 @pytest.fixture(scope="module")
 def pebble(test_lab: TestLab, deployed: HostSpec, lab1: Connection,
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pebble]:
-    gateway = test_lab.lab.gateway
-    folder = tmp_path_factory.mktemp("pebble")
-    ca = _listener_certs(folder, gateway)
-    (folder / "pebble.json").write_text(json.dumps({"pebble": {
-        "listenAddress": f"{gateway}:14000", "managementListenAddress": f"{gateway}:15000",
-        "certificate": str(folder / "cert.pem"), "privateKey": str(folder / "key.pem"),
-        # HTTP-01 is asked on port 80 of the name, as a public CA does.
-        "httpPort": 80, "tlsPort": 443, "ocspResponderURL": "",
-        "externalAccountBindingRequired": False}}))
-    procs: list[subprocess.Popen[bytes]] = []
-    with contextlib.ExitStack() as logs:
-        def log(name: str) -> IO[bytes]:
-            return logs.enter_context(open(folder / name, "wb"))
-
-        try:
-            procs.append(subprocess.Popen(
-                ["pebble-challtestsrv", "-dns01", f"{gateway}:8053", "-management", f"{gateway}:8055",
-                 "-http01", "", "-https01", "", "-tlsalpn01", "",
-                 "-defaultIPv4", deployed.address, "-defaultIPv6", ""],
-                stdout=log("challtestsrv.log"), stderr=subprocess.STDOUT))
-            procs.append(subprocess.Popen(
-                ["pebble", "-config", str(folder / "pebble.json"), "-dnsserver", f"{gateway}:8053"],
-                # No artificial validation delay; no good nonce rejected at random (Pebble's
-                # default is 5%, to exercise clients' retries): every run the same.
-                env={"PEBBLE_VA_NOSLEEP": "1", "PEBBLE_WFE_NONCEREJECT": "0", "PATH": "/usr/bin:/bin"},
-                stdout=log("pebble.log"), stderr=subprocess.STDOUT))
-            server = Pebble(gateway, folder, ca)
-
-            def up() -> bool:
-                for proc, name in zip(procs, ("challtestsrv.log", "pebble.log"), strict=True):
-                    assert proc.poll() is None, f"{name}: {(folder / name).read_text()[-2000:]}"
-                return _answers(server.directory, ca)
-
-            _wait_for("pebble", up)
-            # LAB ONLY: lab1 trusts Pebble's listener certificate, as it trusts the lab's CA.
-            lab1.run(f"cat > {TRUSTED} && update-ca-certificates >/dev/null", stdin=ca.read_bytes())
-            yield server
-        finally:
-            lab1.run(f"rm -f {TRUSTED} && update-ca-certificates --fresh >/dev/null")
-            for proc in procs:
-                proc.terminate()
-            for proc in procs:
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+    with pebble_lab.running(test_lab.lab.gateway, tmp_path_factory.mktemp("pebble"),
+                            deployed.address, [lab1]) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
@@ -224,7 +108,7 @@ def test_bad_input_changes_nothing(test_lab: TestLab, deployed: HostSpec, restor
 
 def test_unreachable_ca_keeps_http_and_fails_in_one_line(
         test_lab: TestLab, deployed: HostSpec, pebble: Pebble, lab1: Connection, restore: None) -> None:
-    nowhere = f"https://{pebble.gateway}:14001/dir"  # nothing listens there
+    nowhere = pebble.nowhere
     proc = _deploy(test_lab, acme_directory=nowhere)
     assert proc.returncode != 0
     errors = _errors(proc)
@@ -286,10 +170,10 @@ def test_forced_renewal_reloads_nginx_without_a_failed_request(
     # A new TLS connection per request: every one meets the configuration live then.
     with Load(f"https://{deployed.address}/healthz", connections=4, max_seconds=90,
               max_requests=200_000, headers=(f"Host: {NAME}", "Connection: close")) as load:
-        _wait_for("load", lambda: _access_lines(lab1) > logged + 50)
+        wait_for("load", lambda: _access_lines(lab1) > logged + 50)
         t0 = time.monotonic()
         run_ok(lab1, "certbot renew --force-renewal --cert-name hello -q --no-random-sleep-on-renew")
-        _wait_for("the renewed certificate", lambda: _serial(deployed.address) != serials[-1])
+        wait_for("the renewed certificate", lambda: _serial(deployed.address) != serials[-1])
         serials.append(_serial(deployed.address))
         t1 = time.monotonic()
         # Due as if it were 30 days before expiry (Pebble's certificates last years): a
@@ -299,11 +183,11 @@ def test_forced_renewal_reloads_nginx_without_a_failed_request(
             run_ok(lab1, "certbot -q renew --no-random-sleep-on-renew")
         finally:
             run_ok(lab1, f"sed -i '/^renew_before_expiry = 100000 days$/d' {conf}")
-        _wait_for("the renewed certificate", lambda: _serial(deployed.address) != serials[-1])
+        wait_for("the renewed certificate", lambda: _serial(deployed.address) != serials[-1])
         serials.append(_serial(deployed.address))
         t2 = time.monotonic()
         logged = _access_lines(lab1)
-        _wait_for("more load", lambda: _access_lines(lab1) > logged + 50)  # after the reload
+        wait_for("more load", lambda: _access_lines(lab1) > logged + 50)  # after the reload
     result = load.result
     assert result is not None
     print(f"\nrenewals under load: {result.requests} requests, {result.errors} failed, "
@@ -360,3 +244,18 @@ def test_rollback_asks_the_https_site(test_lab: TestLab, deployed: HostSpec, peb
     assert json.loads(_get(deployed.address, f"https://{NAME}/version", *https)[1])["release"] == before
     gate = run_ok(lab1, "grep '^127.0.0.1 .*\"GET /healthz ' /var/log/nginx/access.log | tail -n 1")
     assert '" 200 ' in gate, gate
+
+
+def test_prune_deletes_the_certificate_of_the_app_it_removes(
+        test_lab: TestLab, deployed: HostSpec, pebble: Pebble, lab1: Connection) -> None:
+    """fab deploy --prune of an app that had tls: acme: certbot deletes its lineage (its
+    timer would renew it for ever), and only once the app is gone."""
+    assert run_ok(lab1, "ls /etc/letsencrypt/renewal").split() == ["hello.conf"]
+    proc = fab("deploy", "--limit", "lab1", "--prune", "--extra-vars", json.dumps({"apps": []}),
+               inventory=test_lab.inventory_path)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert "hello: no longer in the inventory: removed (data kept)" in proc.stdout, proc.stdout
+    assert run_ok(lab1, "ls /etc/letsencrypt/renewal; ls -d /etc/letsencrypt/live/hello "
+                        "/etc/letsencrypt/archive/hello 2>/dev/null; true").split() == []
+    assert "No certificates found." in run_ok(lab1, "certbot certificates 2>&1")
+    run_ok(lab1, "nginx -t -q")

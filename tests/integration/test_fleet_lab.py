@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +29,9 @@ import yaml
 from keel.connection import Connection
 from keel.inventory import HostSpec
 from tests.conftest import ROOT, TestLab, fab
+from tests.integration import pebble as pebble_lab
 from tests.integration.conftest import Variant
+from tests.integration.pebble import Pebble, wait_for
 from tests.load import Load
 
 CONNECTION_VARS = ("ansible_host", "ansible_port", "ansible_user", "ansible_ssh_private_key_file",
@@ -389,6 +392,26 @@ def test_tls(fleet: Fleet, tmp_path: Path, tls_files: tuple[Path, Path]) -> None
 LB_NAME = "fleet.test"
 
 
+def _rolling_deploy_under_https_load(fleet: Fleet, inventory: Path, tmp_path: Path,
+                                     lb: str) -> None:
+    """A rolling deploy of a new release to every app host under HTTPS load through the lb
+    (one TLS handshake per request): no request fails."""
+    variant = Variant(tmp_path, _on(fleet.apps[0], "python3 -V").split()[1])
+    release = variant.change()
+    with Load(f"https://{fleet.lb.address}/version", connections=4, max_seconds=240,
+              max_requests=200_000, headers=("Connection: close",)) as load:
+        t0 = time.monotonic()
+        proc = fab("deploy", "--extra-vars", variant.extra(), inventory=inventory)
+        seconds = time.monotonic() - t0
+    result = load.result
+    print(f"\nrolling deploy behind {lb}: {seconds:.1f} s; HTTPS load through the lb: {result}")
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert proc.stdout.count("back in service on") == len(fleet.apps), proc.stdout[-3000:]
+    assert result is not None and result.requests > 300, result
+    assert result.errors == 0, result
+    assert {s.name: _release(s) for s in fleet.apps} == {s.name: release for s in fleet.apps}
+
+
 def test_tls_on_the_lb_and_a_rolling_deploy_behind_it(fleet: Fleet, tmp_path: Path) -> None:
     """The lb terminates TLS (user files) and speaks HTTP to the app hosts; a rolling deploy
     under HTTPS load (one TLS handshake per request) fails no request."""
@@ -424,21 +447,7 @@ def test_tls_on_the_lb_and_a_rolling_deploy_behind_it(fleet: Fleet, tmp_path: Pa
         # The app hosts still answer plain HTTP, from the lb's network.
         assert _get(f"http://{fleet.apps[0].address}/healthz")[0] == 200
 
-        variant = Variant(tmp_path, _on(fleet.apps[0], "python3 -V").split()[1])
-        release = variant.change()
-        with Load(f"https://{fleet.lb.address}/version", connections=4, max_seconds=240,
-                  max_requests=200_000, headers=("Connection: close",)) as load:
-            t0 = time.monotonic()
-            proc = fab("deploy", "--extra-vars", variant.extra(), inventory=inventory)
-            seconds = time.monotonic() - t0
-        result = load.result
-        print(f"\nrolling deploy behind a TLS lb: {seconds:.1f} s; HTTPS load through the lb: "
-              f"{result}")
-        assert proc.returncode == 0, proc.stdout[-3000:]
-        assert proc.stdout.count("back in service on") == len(fleet.apps), proc.stdout[-3000:]
-        assert result is not None and result.requests > 300, result
-        assert result.errors == 0, result
-        assert {s.name: _release(s) for s in fleet.apps} == {s.name: release for s in fleet.apps}
+        _rolling_deploy_under_https_load(fleet, inventory, tmp_path, "a TLS lb")
 
         verify = fab("verify", inventory=inventory)
         assert verify.returncode == 0, verify.stdout[-3000:]
@@ -454,4 +463,131 @@ def test_tls_on_the_lb_and_a_rolling_deploy_behind_it(fleet: Fleet, tmp_path: Pa
     finally:  # back to plain HTTP; the lb's key and certificate are removed
         fab("deploy", "--limit", fleet.lb.name, inventory=fleet.inventory, check=True)
     assert _on(fleet.lb, "ls /etc/nginx/tls").split() == ["ffdhe2048.pem"]
+    assert _get(f"http://{fleet.lb.address}/healthz")[0] == 200
+
+
+# ------------------------------------------------------------------ ACME on the load balancer
+ACME_NAME = "acme.fleet.test"
+
+
+@pytest.fixture(scope="module")
+def lb_pebble(test_lab: TestLab, fleet: Fleet,
+              tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pebble]:
+    """Pebble on the lab's gateway, every name resolving to the lb, which trusts it."""
+    conn = Connection.open(fleet.lb, user="deploy")
+    try:
+        with pebble_lab.running(test_lab.lab.gateway, tmp_path_factory.mktemp("pebble"),
+                                fleet.lb.address, [conn]) as server:
+            yield server
+    finally:
+        conn.close()
+
+
+def _acme_inventory(fleet: Fleet, tmp_path: Path, directory: str) -> Path:
+    """The fleet with ``lb_tls: acme`` for ACME_NAME in the lb's host_vars."""
+    inventory = _inventory(tmp_path / "acmelb" / "hosts.yml", {"lb": [fleet.lb], "app": fleet.apps})
+    (inventory.parent / "host_vars").mkdir()
+    (inventory.parent / "host_vars" / f"{fleet.lb.name}.yml").write_text(json.dumps({
+        "lb_tls": "acme", "lb_acme_email": "ops@fleet.test", "lb_server_name": ACME_NAME,
+        "lb_acme_directory": directory}))
+    return inventory
+
+
+def _lb_errors(fleet: Fleet, proc: subprocess.CompletedProcess[str]) -> list[str]:
+    return [ln for ln in proc.stdout.splitlines() if ln.startswith(f"{fleet.lb.name}: ")]
+
+
+def _served_serial(fleet: Fleet) -> str:
+    """The serial of the certificate the lb serves for ACME_NAME."""
+    pem = subprocess.run(["openssl", "s_client", "-connect", f"{fleet.lb.address}:443",
+                          "-servername", ACME_NAME], input="", capture_output=True, text=True,
+                         timeout=10).stdout
+    return subprocess.run(["openssl", "x509", "-noout", "-serial"], input=pem, capture_output=True,
+                          text=True, check=True).stdout.strip()
+
+
+def test_acme_lb_with_an_unreachable_ca_keeps_serving_http(fleet: Fleet, lb_pebble: Pebble,
+                                                            tmp_path: Path) -> None:
+    inventory = _acme_inventory(fleet, tmp_path, lb_pebble.nowhere)
+    try:
+        proc = fab("deploy", "--limit", fleet.lb.name, inventory=inventory)
+        assert proc.returncode != 0
+        errors = _lb_errors(fleet, proc)
+        assert len(errors) == 1, proc.stdout
+        print(f"\n{errors[0]}")
+        assert errors[0].startswith(f"{fleet.lb.name}: lb: no certificate for {ACME_NAME} from "
+                                    f"{lb_pebble.nowhere}: cannot reach the CA ("), errors
+        assert errors[0].endswith("; serving HTTP"), errors
+        code, body = _get(f"http://{fleet.lb.address}/version", "-H", f"Host: {ACME_NAME}")
+        assert code == 200 and "release" in json.loads(body), (code, body)
+        _on(fleet.lb, "nginx -t -q")
+    finally:
+        fab("deploy", "--limit", fleet.lb.name, inventory=fleet.inventory, check=True)
+
+
+def test_acme_lb_serves_https_and_a_rolling_deploy_behind_it(fleet: Fleet, lb_pebble: Pebble,
+                                                             tmp_path: Path) -> None:
+    """The lb gets its certificate from Pebble, the challenge answered by the lb itself;
+    HTTPS through it verifies against Pebble's root; certbot renews it (graceful reload);
+    a rolling deploy under HTTPS load fails no request; without ACME the certificate goes."""
+    inventory = _acme_inventory(fleet, tmp_path, lb_pebble.directory)
+    https = f"https://{ACME_NAME}/version"
+    try:
+        first = fab("deploy", "--limit", fleet.lb.name, inventory=inventory)
+        assert first.returncode == 0, first.stdout[-3000:]
+        assert f"lb: ACME certificate for {ACME_NAME} (none yet)" in first.stdout, first.stdout
+        resolve = ["--cacert", str(lb_pebble.root()), "--resolve", f"{ACME_NAME}:443:{fleet.lb.address}"]
+        code, body = _get(https, *resolve)
+        assert code == 200 and "release" in json.loads(body), (code, body)
+        # Without Pebble's root the chain is not trusted: it is Pebble's.
+        assert _get(https, "--resolve", f"{ACME_NAME}:443:{fleet.lb.address}")[0] == 0
+        redirect = subprocess.run(
+            ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code} %{redirect_url}", "-H",
+             f"Host: {ACME_NAME}", f"http://{fleet.lb.address}/version?x=1"],
+            capture_output=True, text=True).stdout
+        assert redirect == f"301 https://{ACME_NAME}/version?x=1"
+        # The challenge path is the lb's own, over HTTP (renewals): never an app host's.
+        challenge = f"http://{fleet.lb.address}/.well-known/acme-challenge/keel-test"
+        _on(fleet.lb, "echo token > /var/www/keel-acme/.well-known/acme-challenge/keel-test")
+        assert _get(challenge, "-H", f"Host: {ACME_NAME}") == (200, "token\n")
+        _on(fleet.lb, "rm /var/www/keel-acme/.well-known/acme-challenge/keel-test")
+        assert _get(challenge, "-H", f"Host: {ACME_NAME}")[0] == 404
+        assert _on(fleet.lb, "stat -L -c '%U:%G %a' /etc/letsencrypt/live/lb/privkey.pem"
+                   ).strip() == "root:root 600"
+        again = fab("deploy", "--limit", fleet.lb.name, "--json", "/dev/stdout", inventory=inventory)
+        doc = json.loads(again.stdout[again.stdout.index("{"):again.stdout.rindex("}") + 1])
+        assert again.returncode == 0 and doc["hosts"][fleet.lb.name]["changed"] == 0, again.stdout
+
+        # certbot's renewal, as its timer runs it, ends in keel's deploy hook: a graceful reload.
+        serial = _served_serial(fleet)
+        _on(fleet.lb, "certbot renew --force-renewal --cert-name lb -q --no-random-sleep-on-renew")
+        wait_for("the renewed certificate", lambda: _served_serial(fleet) != serial)
+        assert _get(https, *resolve)[0] == 200
+
+        _rolling_deploy_under_https_load(fleet, inventory, tmp_path, "an ACME lb")
+        verify = fab("verify", inventory=inventory)
+        assert verify.returncode == 0, verify.stdout[-3000:]
+    finally:  # back to plain HTTP: certbot deletes the lb's certificate
+        fab("deploy", "--limit", fleet.lb.name, inventory=fleet.inventory, check=True)
+    assert _on(fleet.lb, "ls /etc/letsencrypt/renewal").split() == []
+    assert _get(f"http://{fleet.lb.address}/healthz")[0] == 200
+
+
+@pytest.mark.parametrize(("settings", "error"), [
+    ({"lb_acme_email": "ops"}, "lb: lb_acme_email 'ops' is not an email address"),
+    ({"lb_server_name": "_"}, "lb: lb_server_name '_' cannot get an ACME certificate"),
+    ({"lb_tls_cert": "lb.crt"}, "lb: lb_tls: acme and lb_tls_cert are both set"),
+])
+def test_bad_acme_settings_on_the_lb_change_nothing(fleet: Fleet, tmp_path: Path, settings: dict,
+                                                     error: str) -> None:
+    inventory = _acme_inventory(fleet, tmp_path, "https://ca.fleet.test/dir")
+    path = inventory.parent / "host_vars" / f"{fleet.lb.name}.yml"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **settings}))
+    before = _on(fleet.lb, "md5sum /etc/nginx/sites-available/lb")
+    proc = fab("deploy", inventory=inventory)
+    assert proc.returncode != 0
+    errors = _lb_errors(fleet, proc)
+    assert len(errors) == 1 and errors[0].startswith(f"{fleet.lb.name}: {error}"), proc.stdout
+    assert f"{fleet.lb.name} changed" not in proc.stdout, proc.stdout
+    assert _on(fleet.lb, "md5sum /etc/nginx/sites-available/lb") == before
     assert _get(f"http://{fleet.lb.address}/healthz")[0] == 200
