@@ -1,4 +1,5 @@
-"""Operating a fleet on lab hosts: a load balancer in front of three app hosts, status, logs, TLS.
+"""Operating a fleet on lab hosts: a load balancer in front of three app hosts, status, logs,
+TLS (files, and ACME from Pebble on the lb).
 
 lab5 is the load balancer (inventory group ``lb``) and lab6..lab8 the app
 hosts (group ``app``), in an inventory of their own; lab1..lab4 belong to the
@@ -552,6 +553,9 @@ def test_acme_lb_serves_https_and_a_rolling_deploy_behind_it(fleet: Fleet, lb_pe
         assert _get(challenge, "-H", f"Host: {ACME_NAME}") == (200, "token\n")
         _on(fleet.lb, "rm /var/www/keel-acme/.well-known/acme-challenge/keel-test")
         assert _get(challenge, "-H", f"Host: {ACME_NAME}")[0] == 404
+        for spec in fleet.apps:  # not even a missing token is asked of the app hosts
+            assert _on(spec, "grep -c 'acme-challenge/' /var/log/nginx/access.log || true"
+                       ).strip() == "0", spec.name
         assert _on(fleet.lb, "stat -L -c '%U:%G %a' /etc/letsencrypt/live/lb/privkey.pem"
                    ).strip() == "root:root 600"
         again = fab("deploy", "--limit", fleet.lb.name, "--json", "/dev/stdout", inventory=inventory)
