@@ -1,5 +1,9 @@
 """acme: certificates from an ACME CA for the apps with ``tls: acme``, by Debian's certbot.
 
+The load balancer's ``lb_tls: acme`` (roles/lb.py) calls the same functions here:
+:func:`check_settings`, :func:`lineages`, :func:`due`, :func:`install`,
+:func:`obtain` and :func:`delete`, with its own lineage (``lb``) and settings.
+
 For each such app, certbot keeps one lineage named after the app (``--cert-name``)
 for every name of its ``server_name``, proved by the HTTP-01 challenge: certbot
 writes the CA's token under ``/var/www/keel-acme`` (``--webroot``), and the app's

@@ -534,6 +534,8 @@ def test_acme_lb_serves_https_and_a_rolling_deploy_behind_it(fleet: Fleet, lb_pe
     inventory = _acme_inventory(fleet, tmp_path, lb_pebble.directory)
     https = f"https://{ACME_NAME}/version"
     try:
+        plan = fab("plan", "--limit", fleet.lb.name, inventory=inventory, check=True)
+        assert f"would change  command lb: ACME certificate for {ACME_NAME} (none yet)" in plan.stdout
         first = fab("deploy", "--limit", fleet.lb.name, inventory=inventory)
         assert first.returncode == 0, first.stdout[-3000:]
         assert f"lb: ACME certificate for {ACME_NAME} (none yet)" in first.stdout, first.stdout
@@ -553,9 +555,11 @@ def test_acme_lb_serves_https_and_a_rolling_deploy_behind_it(fleet: Fleet, lb_pe
         assert _get(challenge, "-H", f"Host: {ACME_NAME}") == (200, "token\n")
         _on(fleet.lb, "rm /var/www/keel-acme/.well-known/acme-challenge/keel-test")
         assert _get(challenge, "-H", f"Host: {ACME_NAME}")[0] == 404
-        for spec in fleet.apps:  # not even a missing token is asked of the app hosts
-            assert _on(spec, "grep -c 'acme-challenge/' /var/log/nginx/access.log || true"
-                       ).strip() == "0", spec.name
+        # Neither the CA's requests nor a missing token reached an app host. (keel's probe
+        # may: an old worker still proxies it during the reload the probe waits out.)
+        for spec in fleet.apps:
+            asked = _on(spec, "grep 'acme-challenge/' /var/log/nginx/access.log; true").splitlines()
+            assert [ln for ln in asked if "keel-probe-lb" not in ln] == [], (spec.name, asked)
         assert _on(fleet.lb, "stat -L -c '%U:%G %a' /etc/letsencrypt/live/lb/privkey.pem"
                    ).strip() == "root:root 600"
         again = fab("deploy", "--limit", fleet.lb.name, "--json", "/dev/stdout", inventory=inventory)
