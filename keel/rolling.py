@@ -28,12 +28,9 @@ Example::
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
-
-from rich.console import Console
 
 from keel.inventory import HostSpec
 from keel.output import Reporter, secret_values
@@ -70,7 +67,7 @@ class _Inline(Reporter):
 
 
 def _quiet() -> Reporter:
-    return _Inline(console=Console(file=io.StringIO()))
+    return _Inline(quiet=True)
 
 
 def _names(hosts: Iterable[HostSpec | HostOutcome]) -> list[str]:
@@ -176,7 +173,7 @@ def run_stages(stages: Sequence[Stage], reporter: Reporter | None = None) -> lis
         return []
     first = stages[0].opts
     main = reporter or Reporter(verbose=first.verbose, diff=first.diff)
-    inline = _Inline(console=main.console, verbose=main.verbose, diff=main.diff)
+    inline = _Inline(console=main._console, verbose=main.verbose, diff=main.diff)
     outcomes: list[HostOutcome] = []
     for stage in stages:
         if failed(outcomes):
