@@ -27,7 +27,7 @@ from roles import plays
 H = cli.OPTION_HELP
 
 
-@task(help=H)
+@task(help={k: v for k, v in H.items() if k != "no_persist"})
 def bootstrap(c, inventory=None, limit=None, check=False, parallel=10, serial=0, max_fail=0,
               stats=False, json=None, diff=False, verbose=False, extra_vars=None,
               vault_password_file=None):
@@ -56,19 +56,21 @@ def _with(extra_vars: str | None, **flags: object) -> str | None:
             "purge": "as --prune, and delete their data, user and group too"})
 def deploy(c, inventory=None, limit=None, check=False, parallel=10, serial=None, max_fail=0,
            stats=False, json=None, diff=False, verbose=False, extra_vars=None,
-           vault_password_file=None, rerun_setup=False, prune=False, purge=False):
+           vault_password_file=None, rerun_setup=False, prune=False, purge=False, no_persist=False):
     """Deploy: the apps (venv, release, uWSGI, nginx) and the lb hosts; rolling behind lbs. Idempotent."""
     plays.deploy(c, "deploy", inventory, limit, serial, vault_password_file, check=check,
             parallel=parallel, max_fail=max_fail, stats=stats, json_path=json, diff=diff,
+            persist=not no_persist,
             verbose=verbose, extra_vars=_with(extra_vars, rerun_setup=rerun_setup,
                                               prune_apps=prune, purge_apps=purge))
 
 
 @task(help={k: v for k, v in H.items() if k not in ("check", "serial", "max_fail", "diff")})
 def plan(c, inventory=None, limit=None, parallel=10, stats=False, json=None, verbose=False,
-         extra_vars=None, vault_password_file=None):
+         extra_vars=None, vault_password_file=None, no_persist=False):
     """Show what deploy would change, with diffs (secrets masked). Changes nothing."""
     plays.deploy(c, "plan", inventory, limit, None, vault_password_file, check=True,
+            persist=not no_persist,
             parallel=parallel, stats=stats, json_path=json, verbose=verbose, extra_vars=extra_vars)
 
 

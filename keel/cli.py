@@ -18,6 +18,7 @@ from typing import Any
 
 from invoke import Exit
 
+from keel import control
 from keel.errors import KeelError
 from keel.inventory import HostSpec, Inventory
 from keel.rolling import Stage, run_stages
@@ -40,6 +41,8 @@ OPTION_HELP = {
     "diff": "show diffs of changed files",
     "verbose": "show unchanged operations too",
     "extra_vars": "extra variables as JSON, highest precedence",
+    "no_persist": "close each host's SSH connection at the end (default: kept 60 s idle for the "
+                  "next run, as Ansible's ControlPersist)",
     "vault_password_file": "file with the ansible-vault password (or $ANSIBLE_VAULT_PASSWORD_FILE; "
                            "else asked for when something is encrypted)",
 }
@@ -82,8 +85,10 @@ def select_fleet(c: Any, inventory: str | None, limit: str | None,
 def options(
     c: Any, *, check: bool = False, parallel: int = 10, serial: int = 0, max_fail: int = 0,
     stats: bool = False, json_path: str | None = None, diff: bool = False,
-    verbose: bool = False, extra_vars: str | None = None,
+    verbose: bool = False, extra_vars: str | None = None, persist: bool = False,
 ) -> RunOptions:
+    """The run's options; ``persist``: keep each host's connection for the next run
+    (see :mod:`keel.control`; ``KEEL_CONTROL_PERSIST`` sets its idle seconds, 0 turns it off)."""
     try:
         extra = json.loads(extra_vars) if extra_vars else {}
     except json.JSONDecodeError as exc:
@@ -95,6 +100,7 @@ def options(
         stats=stats, diff=diff or check, verbose=verbose,
         json_path=Path(json_path) if json_path else None, sudo_password=password,
         extra_vars={"project_dir": str(PROJECT_DIR), **extra},
+        persist=control.persist_seconds(persist),
     )
 
 

@@ -12,6 +12,12 @@ Wire format, both directions over the agent's stdin/stdout::
     request:  b"<len(script)> <len(stdin)>\\n" + script + stdin
     reply:    b"<rc> <len(stdout)> <len(stderr)>\\n" + stdout + stderr
 
+The agent's start costs no round trip of its own: its exec request goes out
+without waiting for sshd's reply, and the first request rides right behind it
+(``ready=False``; sshd handles a channel's messages in order, so the request
+reaches the agent's stdin). With ``persist``, the SSH connection itself comes
+from a control process kept from an earlier run (see :mod:`keel.control`).
+
 Example::
 
     conn = Connection.open(spec)
@@ -35,6 +41,7 @@ import paramiko
 from fabric import Config
 from fabric import Connection as FabricConnection
 
+from keel import control
 from keel.errors import HostError, UnreachableError
 from keel.inventory import HostSpec
 
@@ -170,7 +177,7 @@ def agent_command(user: str | None, sudo_password: str | None) -> str:
     inner = (
         "umask 022; "
         f"if command -v python3 >/dev/null 2>&1; then "
-        f"exec python3 -c \"import base64;exec(base64.b64decode('{py}'))\"; "
+        f"exec python3 -I -S -c \"import base64;exec(base64.b64decode('{py}'))\"; "
         f"else exec sh -c {sh}; fi"
     )
     if user == "root":
@@ -179,16 +186,48 @@ def agent_command(user: str | None, sudo_password: str | None) -> str:
     return f"{sudo} -- sh -c {shlex.quote(inner)}"
 
 
-class Connection:
-    """One host's SSH connection and privileged agent. Not thread-safe: one per host."""
+class _ChannelPipe:
+    """The agent's stdio on an exec channel of this process's own SSH connection."""
 
-    def __init__(self, spec: HostSpec, fabric_conn: FabricConnection, chan: paramiko.Channel):
+    def __init__(self, chan: paramiko.Channel) -> None:
+        self.chan = chan
+        self.out = chan.makefile("rb")
+        self._err = chan.makefile_stderr("rb")
+
+    def send(self, data: bytes) -> None:
+        self.chan.sendall(data)
+
+    def settimeout(self, seconds: float | None) -> None:
+        self.chan.settimeout(seconds)
+
+    def stderr_tail(self) -> str:
+        """The last line the agent's side wrote to stderr (waits at most a second)."""
+        self.chan.settimeout(1)
+        try:
+            return self._err.read().decode(errors="replace").splitlines()[-1:][0]
+        except (TimeoutError, IndexError):
+            return ""
+
+    def close(self) -> None:
+        self.chan.close()
+
+
+class Connection:
+    """One host's SSH connection and privileged agent. Not thread-safe: one per host.
+
+    ``fabric`` is the Fabric connection (``~/.ssh/config`` resolved); it is not
+    open when the SSH connection is a control process's (``persist``).
+    """
+
+    def __init__(self, spec: HostSpec, fabric_conn: FabricConnection,
+                 pipe: _ChannelPipe | control.MuxPipe) -> None:
         self.spec = spec
         self.fabric = fabric_conn
-        self._chan = chan
-        self._out = chan.makefile("rb")
-        self._err = chan.makefile_stderr("rb")
+        self._pipe = pipe
+        self._chan = pipe.chan if isinstance(pipe, _ChannelPipe) else None
+        self._starting = True  # the agent's READY line is still to be read
         self.stats = Stats()
+        self._spawn: tuple[str, float] | None = None  # (control key, seconds) to leave behind
 
     # ---------------------------------------------------------------- open
     @classmethod
@@ -197,51 +236,49 @@ class Connection:
         spec: HostSpec,
         sudo_password: str | None = None,
         user: str | None = None,
+        *,
+        ready: bool = True,
+        persist: float = 0.0,
     ) -> Connection:
-        """Connect, authenticate and start the agent; raise a one-line error."""
+        """Connect, authenticate and start the agent; raise a one-line error.
+
+        ``ready=False`` returns without waiting for the agent: its start is then
+        paid in the first request's round trip (and its failure raised there).
+        ``persist`` > 0 takes the SSH connection from this host's control process
+        if one is running, and else leaves one behind at :meth:`close` that keeps
+        the connection ``persist`` idle seconds for the next run (not with a sudo
+        password: that is asked for, and typed, per run).
+        """
         t0 = time.monotonic()
         user = user or spec.user
         conn = _fabric_connection(spec, user)
-        try:
-            conn.open()
-        except paramiko.BadHostKeyException as exc:
-            raise UnreachableError(
-                spec.name, f"host key mismatch for {exc.hostname}: refusing to connect"
-            ) from None
-        except paramiko.SSHException as exc:
-            if isinstance(exc, paramiko.AuthenticationException) or "auth" in str(exc).lower():
-                key = spec.key_file or "default keys"
-                raise UnreachableError(
-                    spec.name,
-                    f"authentication failed for {conn.user}@{spec.address} ({key})",
-                ) from None
-            if "not found in known_hosts" in str(exc):
-                raise UnreachableError(spec.name, f"unknown host key: {exc}") from None
-            raise UnreachableError(spec.name, f"ssh error: {exc}") from None
-        except (OSError, EOFError) as exc:
-            reason = exc.strerror or str(exc) or type(exc).__name__
-            raise UnreachableError(
-                spec.name, f"unreachable at {spec.address}:{spec.port or 22}: {reason}"
-            ) from None
-        transport = conn.client.get_transport()
-        assert transport is not None
-        sock = transport.sock
-        if isinstance(sock, socket.socket):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        chan = transport.open_session(timeout=CONNECT_TIMEOUT)
-        chan.exec_command(agent_command(conn.user, sudo_password))
-        if sudo_password is not None and conn.user != "root":
-            chan.sendall(sudo_password.encode() + b"\n")
-        self = cls(spec, conn, chan)
-        if sudo_password is not None and conn.user != "root":
-            self._await_sudo()
-        self._await_ready()
+        command = agent_command(conn.user, sudo_password)
+        persist = persist if sudo_password is None else 0.0
+        key = control.key(_control_target(spec, conn)) if persist > 0 else None
+        self = None
+        if key is not None:
+            try:
+                mux = control.session(key, command, CONNECT_TIMEOUT)
+            except control.ControlRefused as exc:
+                raise UnreachableError(spec.name, str(exc)) from None
+            if mux is not None:
+                self = cls(spec, conn, mux)
+        if self is None:
+            self = cls(spec, conn, _ChannelPipe(_open_channel(spec, conn, command)))
+            if key is not None:
+                self._spawn = (key, persist)
+            if sudo_password is not None and conn.user != "root":
+                self._pipe.send(sudo_password.encode() + b"\n")
+                self._await_sudo()
+        if ready or sudo_password is not None:
+            self._await_ready()
         self.stats.connect_seconds = time.monotonic() - t0
         return self
 
     def _await_sudo(self) -> None:
         """Fail at once on a wrong password, instead of waiting for sudo's retries."""
         chan, err = self._chan, b""
+        assert chan is not None
         deadline = time.monotonic() + CONNECT_TIMEOUT
         while time.monotonic() < deadline and not chan.recv_ready() and not chan.closed:
             if chan.recv_stderr_ready():
@@ -254,25 +291,20 @@ class Connection:
             time.sleep(0.002)
 
     def _await_ready(self) -> None:
-        self._chan.settimeout(CONNECT_TIMEOUT)
+        self._starting = False
+        self._pipe.settimeout(CONNECT_TIMEOUT)
         try:
-            line = self._out.readline()
-        except TimeoutError:
+            line = self._pipe.out.readline()
+        except (TimeoutError, OSError, EOFError, paramiko.SSHException):
             line = b""
         if line != READY:
-            err = self._read_stderr().strip()
+            err = self._pipe.stderr_tail().strip()
+            self._spawn = None  # nothing to keep for a host that will not run us
             self.close()
             if "password" in err.lower() or "sorry" in err.lower():
                 raise HostError(self.spec.name, "sudo failed: wrong or missing sudo password")
             raise HostError(self.spec.name, f"cannot start a privileged shell: {err or 'no reply'}")
-        self._chan.settimeout(None)
-
-    def _read_stderr(self) -> str:
-        self._chan.settimeout(1)
-        try:
-            return self._err.read().decode(errors="replace").splitlines()[-1:][0]
-        except (TimeoutError, IndexError):
-            return ""
+        self._pipe.settimeout(None)
 
     # ----------------------------------------------------------------- run
     def run(self, script: str, stdin: bytes = b"", commands: int = 1) -> CommandResult:
@@ -290,17 +322,26 @@ class Connection:
         wire = b"".join(b"%d %d\n" % (len(body), len(r.stdin)) + body + r.stdin
                         for r in requests for body in (r.script.encode(),))
         results = []
+        out = self._pipe.out
         try:
-            self._chan.sendall(wire)
+            try:
+                self._pipe.send(wire)
+            except (OSError, paramiko.SSHException):
+                if not self._starting:
+                    raise
+                self._await_ready()  # an agent that never started: its reason, not ours
+                raise
+            if self._starting:  # the agent starts while the request travels
+                self._await_ready()
             for _ in requests:
-                header = self._out.readline()
+                header = out.readline()
                 if not header:
                     raise EOFError
                 rc, n_out, n_err = map(int, header.split())
-                out = self._out.read(n_out) if n_out else b""
-                err = self._out.read(n_err) if n_err else b""
-                results.append(CommandResult(rc, out, err))
-                self.stats.bytes_received += len(out) + len(err)
+                stdout = out.read(n_out) if n_out else b""
+                stderr = out.read(n_err) if n_err else b""
+                results.append(CommandResult(rc, stdout, stderr))
+                self.stats.bytes_received += len(stdout) + len(stderr)
         except (OSError, EOFError, ValueError, paramiko.SSHException):
             raise UnreachableError(self.spec.name, "connection lost during a command") from None
         self.stats.round_trips += 1
@@ -308,16 +349,99 @@ class Connection:
         self.stats.bytes_sent += len(wire)
         return results
 
+    def finish(self, requests: Sequence[Request]) -> None:
+        """Send the run's last requests, whose results nobody reads, then :meth:`close`.
+
+        Through a control process the run does not wait for them: that process
+        keeps the session until the agent has read them, run them and seen the
+        end of its input. On a connection of its own the run waits (closing it at
+        once could drop them on the way).
+        """
+        if isinstance(self._pipe, control.MuxPipe) and not self._starting:
+            wire = b"".join(b"%d %d\n" % (len(body), len(r.stdin)) + body + r.stdin
+                            for r in requests for body in (r.script.encode(),))
+            try:
+                self._pipe.send(wire)
+                self._pipe.shutdown()
+            except OSError:
+                raise UnreachableError(self.spec.name, "connection lost during a command") from None
+            self.stats.round_trips += 1
+            self.stats.commands += sum(r.commands for r in requests)
+            self.stats.bytes_sent += len(wire)
+        elif requests:
+            self.run_many(requests)
+        self.close()
+
     def close(self) -> None:
         try:
-            self._chan.close()
+            self._pipe.close()
         finally:
             self.fabric.close()
+            if self._spawn is not None:
+                # Only after a run that got this far: a host that refused us gets none.
+                control.spawn(self._spawn[0], _control_params(self.spec, self.fabric.user),
+                              self._spawn[1])
+                self._spawn = None
+
+
+def _open_channel(spec: HostSpec, conn: FabricConnection, command: str) -> paramiko.Channel:
+    """Open ``conn``, then a session channel running ``command``; one-line errors."""
+    transport = _open(spec, conn)
+    chan = transport.open_session(timeout=CONNECT_TIMEOUT)
+    exec_nowait(chan, command)
+    return chan
+
+
+def _open(spec: HostSpec, conn: FabricConnection) -> paramiko.Transport:
+    """Connect and authenticate ``conn`` (TCP_NODELAY); errors as one line naming the host."""
+    try:
+        conn.open()
+    except paramiko.BadHostKeyException as exc:
+        raise UnreachableError(
+            spec.name, f"host key mismatch for {exc.hostname}: refusing to connect"
+        ) from None
+    except paramiko.SSHException as exc:
+        if isinstance(exc, paramiko.AuthenticationException) or "auth" in str(exc).lower():
+            key = spec.key_file or "default keys"
+            raise UnreachableError(
+                spec.name,
+                f"authentication failed for {conn.user}@{spec.address} ({key})",
+            ) from None
+        if "not found in known_hosts" in str(exc):
+            raise UnreachableError(spec.name, f"unknown host key: {exc}") from None
+        raise UnreachableError(spec.name, f"ssh error: {exc}") from None
+    except (OSError, EOFError) as exc:
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        raise UnreachableError(
+            spec.name, f"unreachable at {spec.address}:{spec.port or 22}: {reason}"
+        ) from None
+    transport = conn.client.get_transport()
+    assert transport is not None
+    sock = transport.sock
+    if isinstance(sock, socket.socket):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return transport
+
+
+def exec_nowait(chan: paramiko.Channel, command: str) -> None:
+    """``chan.exec_command(command)`` without waiting for the server's reply.
+
+    What is sent on the channel next reaches the command's stdin: sshd handles
+    a channel's messages in order, and starts the command on the request. A
+    refusal closes the channel, which the reader of its output sees as EOF.
+    Mirrors paramiko's ``Channel.exec_command`` (paramiko has no public way).
+    """
+    m = paramiko.Message()
+    m.add_byte(paramiko.common.cMSG_CHANNEL_REQUEST)
+    m.add_int(chan.remote_chanid)
+    m.add_string("exec")
+    m.add_boolean(True)
+    m.add_string(command)
+    chan.transport._send_user_message(m)
 
 
 def _fabric_connection(spec: HostSpec, user: str | None) -> FabricConnection:
-    """A Fabric connection honouring ~/.ssh/config plus the inventory's settings."""
-    common = _parse_ssh_args(str(spec.vars.get("ansible_ssh_common_args", "")))
+    """A Fabric connection honouring ~/.ssh/config plus the inventory's settings (not opened)."""
     connect_kwargs: dict[str, object] = {}
     if spec.key_file:
         connect_kwargs["key_filename"] = [spec.key_file]
@@ -330,18 +454,54 @@ def _fabric_connection(spec: HostSpec, user: str | None) -> FabricConnection:
         config=Config(),
     )
     keys = conn.client.get_host_keys()
-    for path in ("~/.ssh/known_hosts", common.get("userknownhostsfile")):
-        if path:
-            with contextlib.suppress(OSError, paramiko.SSHException):
-                keys.load(_expand(path))
-    strict = common.get("stricthostkeychecking", "accept-new").lower()
-    if strict in ("yes", "true"):
+    for path in known_hosts_files(spec):
+        with contextlib.suppress(OSError, paramiko.SSHException):
+            keys.load(path)
+    if strict_host_keys(spec):
         conn.client.set_missing_host_key_policy(paramiko.RejectPolicy())
     else:
         # accept-new: trust a first-seen key for this run; a *changed* key is
         # still refused, because paramiko checks loaded known_hosts first.
         conn.client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
     return conn
+
+
+def known_hosts_files(spec: HostSpec) -> list[str]:
+    """The known_hosts files a connection to ``spec`` checks the host key against."""
+    common = _parse_ssh_args(str(spec.vars.get("ansible_ssh_common_args", "")))
+    return [_expand(p) for p in ("~/.ssh/known_hosts", common.get("userknownhostsfile")) if p]
+
+
+def strict_host_keys(spec: HostSpec) -> bool:
+    """StrictHostKeyChecking=yes: an unknown host key is refused (default: accept-new)."""
+    common = _parse_ssh_args(str(spec.vars.get("ansible_ssh_common_args", "")))
+    return common.get("stricthostkeychecking", "accept-new").lower() in ("yes", "true")
+
+
+def _control_params(spec: HostSpec, user: str | None) -> dict[str, object]:
+    """What a control process needs to make the same connection (no other vars: no secrets)."""
+    return {"name": spec.name, "address": spec.address, "port": spec.port, "user": user,
+            "key_file": spec.key_file,
+            "common_args": str(spec.vars.get("ansible_ssh_common_args", ""))}
+
+
+def _control_target(spec: HostSpec, conn: FabricConnection) -> dict[str, object]:
+    """Everything that makes two connections the same one (as resolved by ~/.ssh/config)."""
+    return {**_control_params(spec, conn.user), "host": conn.host, "resolved_port": conn.port,
+            "gateway": repr(conn.gateway), "key_filename": conn.connect_kwargs.get("key_filename"),
+            "known_hosts": known_hosts_files(spec), "strict": strict_host_keys(spec)}
+
+
+def _connect_from_params(params: dict[str, object]) -> tuple[HostSpec, FabricConnection]:
+    """The control process's side of :func:`_control_params`: the same, opened."""
+    common = str(params["common_args"])
+    spec = HostSpec(name=str(params["name"]), address=str(params["address"]),
+                    user=params["user"], port=params["port"],  # type: ignore[arg-type]
+                    key_file=params["key_file"], groups=(),  # type: ignore[arg-type]
+                    vars={"ansible_ssh_common_args": common} if common else {})
+    conn = _fabric_connection(spec, spec.user)
+    _open(spec, conn)
+    return spec, conn
 
 
 def _parse_ssh_args(args: str) -> dict[str, str]:

@@ -183,6 +183,9 @@ class Lab:
 
     def down(self) -> None:
         """Stop every host and undo every change to the controller. Idempotent."""
+        from keel import control  # the kept SSH connections to this lab's hosts go first
+
+        control.stop_all(where=lambda c: _in_subnet(str(c.get("address")), self.subnet))
         hosts_dir = self.dir / "hosts"
         if hosts_dir.is_dir():
             for hdir in sorted(hosts_dir.iterdir()):
@@ -745,3 +748,10 @@ def _run(cmd: list[str], check: bool = True, input: str | None = None) -> subpro
         err = (proc.stderr or proc.stdout).strip().splitlines()
         raise LabError(f"{' '.join(cmd[:3])} failed: {err[-1] if err else proc.returncode}")
     return proc
+
+
+def _in_subnet(address: str, subnet: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
+    try:
+        return ipaddress.ip_address(address) in subnet
+    except ValueError:
+        return False

@@ -46,7 +46,8 @@ def acquire_script(play: str) -> str:
     return f"""
 mkdir -p {STATE_DIR}
 exec 9>>{LOCK}
-if ! flock -n 9; then echo busy; cat {NOTE} 2>/dev/null; exit 0; fi
+# A run that has just ended may still be letting go (its release is not waited for).
+if ! flock -w 2 9; then echo busy; cat {NOTE} 2>/dev/null; exit 0; fi
 prev=$(cat {NOTE} 2>/dev/null)
 printf '%s\\n' {q(note(play))} > {NOTE}
 # Keep the lock after this script ends, for exactly as long as the agent lives.

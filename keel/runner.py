@@ -90,6 +90,8 @@ class RunOptions:
     verbose: bool = False
     json_path: Path | None = None
     sudo_password: str | None = None
+    #: Idle seconds to keep each host's SSH connection for the next run (keel.control); 0: off.
+    persist: float = 0.0
     extra_vars: dict[str, Any] = field(default_factory=dict)
 
 
@@ -144,7 +146,9 @@ def run_host(
     try:
         # The login is picked from the same vars the roles see, --extra-vars included.
         user = play.login(replace(spec, vars={**spec.vars, **opts.extra_vars})) if play.login else None
-        conn = Connection.open(spec, sudo_password=opts.sudo_password, user=user)
+        # The agent starts while the first request (facts, lock, probes) travels to it.
+        conn = Connection.open(spec, sudo_password=opts.sudo_password, user=user, ready=False,
+                               persist=opts.persist)
         locked = play.lock and not opts.check
         # Facts, the lock and the probes this play read here last time: one round trip.
         # Only under the run lock: no other run changes the host between a batch and its use.
@@ -184,8 +188,10 @@ def run_host(
                 save = prefetch.save_request() if finished else None
                 last += [*([save] if save else []), lock.release_request()]
             try:
-                if last:
+                if deferred:
                     conn.run_many(last)
+                elif last:
+                    conn.finish(last)  # the trace and the lock's release: nobody reads them
             except KeelError:
                 # A lost connection frees the lock anyway; a lost write fails the run
                 # (unless it is failing already: that error is the one to report).

@@ -10,11 +10,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from keel import control
 from keel.connection import Connection
 from keel.inventory import HostSpec, Inventory
 from keel.lab import Lab
@@ -28,6 +30,10 @@ _a, _b, _c, _rest = LAB_SUBNET.split(".", 3)
 TRIXIE_LAB = os.environ.get("KEEL_TEST_TRIXIE_LAB", LAB_NAME + "t")
 TRIXIE_SUBNET = os.environ.get("KEEL_TEST_TRIXIE_SUBNET",
                                f"{_a}.{_b}.{(int(_c) + 100) % 256}.{_rest}")
+# The suite's `fab` runs keep their SSH connections (keel.control) as a user's would, in a
+# directory of the suite's own (mode 0700), whose control processes are ended at the end.
+CONTROL_DIR = Path(tempfile.mkdtemp(prefix="keel-control-test-"))
+os.environ["KEEL_CONTROL_DIR"] = str(CONTROL_DIR)
 
 
 def lab_leftovers(lab: Lab) -> list[str]:
@@ -88,7 +94,8 @@ def test_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestLab]:
         yield tl
     finally:
         tl.lab.down()
-    left = lab_leftovers(tl.lab)
+        control.stop_all(CONTROL_DIR)
+    left = lab_leftovers(tl.lab) + [f"control process {c}" for c in control.running(CONTROL_DIR)]
     assert not left, f"lab left things behind: {left}"
 
 
