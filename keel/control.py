@@ -233,7 +233,8 @@ def _locked(path: Path) -> bool:
 
 
 def running(directory: Path | None = None) -> list[dict[str, Any]]:
-    """The control processes of ``directory`` (default: this user's) that hold their lock."""
+    """The control processes of ``directory`` (default: this user's) that hold their lock,
+    connecting or ``serving``."""
     directory = directory or control_dir(create=False)
     if directory is None or not directory.is_dir():
         return []
@@ -242,7 +243,7 @@ def running(directory: Path | None = None) -> list[dict[str, Any]]:
         with contextlib.suppress(OSError, ValueError):
             info = json.loads(meta.read_text())
             if _locked(meta.with_suffix(".lock")):
-                found.append(info)
+                found.append({**info, "serving": meta.with_suffix(".sock").exists()})
     return found
 
 
@@ -328,10 +329,6 @@ class _Server:
         listener.listen(16)
         os.replace(tmp, self.path)
         inode = self.path.stat().st_ino
-        meta = self.path.with_suffix(".json")
-        meta.write_text(json.dumps({"pid": os.getpid(), "address": self.params["address"],
-                                    "port": self.params["port"], "user": self.params["user"],
-                                    "name": self.params["name"]}))
         listener.settimeout(0.5)
         try:
             while self._alive():
@@ -344,7 +341,6 @@ class _Server:
             with contextlib.suppress(OSError):
                 if self.path.stat().st_ino == inode:  # not a successor's socket
                     self.path.unlink()
-                    meta.unlink()
             listener.close()
             self.conn.close()
 
@@ -455,7 +451,16 @@ def _serve(name: str) -> None:
     os.umask(0o077)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    _Server(directory, name, config["params"], float(config["persist"])).run()
+    # Written before connecting, so that stop_all finds one that is still starting.
+    params = config["params"]
+    meta = directory / f"{name}.json"
+    meta.write_text(json.dumps({"pid": os.getpid(), "address": params["address"],
+                                "port": params["port"], "user": params["user"],
+                                "name": params["name"]}))
+    try:
+        _Server(directory, name, params, float(config["persist"])).run()
+    finally:
+        meta.unlink(missing_ok=True)  # ours: we hold the lock
 
 
 if __name__ == "__main__":

@@ -15,9 +15,8 @@ import pytest
 import yaml
 
 from keel import control
-from keel.connection import Connection
 from keel.inventory import HostSpec
-from tests.conftest import CONTROL_DIR, TestLab, fab
+from tests.conftest import CONTROL_DIR, LAB_NAME, TestLab, fab
 
 # A throwaway ed25519 key: what a host would present after a reinstall.
 OTHER_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPQKfios5SVGi1I4VjGPaGzC6+dehIdcxwPcqghduIFX"
@@ -32,8 +31,10 @@ def _wait_for(predicate: Callable[[], object], timeout: float = 20.0) -> bool:
     return predicate()
 
 
-def _kept(address: str, directory: Path = CONTROL_DIR) -> list[dict[str, object]]:
-    return [c for c in control.running(directory) if c["address"] == address]
+def _kept(address: str, serving: bool = True) -> list[dict[str, object]]:
+    """The control processes for ``address`` (only those serving already, or all)."""
+    return [c for c in control.running(CONTROL_DIR)
+            if c["address"] == address and (c["serving"] or not serving)]
 
 
 @pytest.fixture
@@ -45,16 +46,23 @@ def no_control() -> Iterator[None]:
 
 @pytest.fixture
 def logins(deployed: HostSpec) -> Iterator[Callable[[], int]]:
-    """Counts SSH logins accepted by lab1's sshd (this counter's own one included once)."""
-    conn = Connection.open(deployed, user="deploy")
+    """Counts the controller's new TCP connections to lab1's sshd (an nft counter on SYNs)."""
+    table = f"{LAB_NAME}_ctl"
+    rules = (f"table ip {table} {{\n chain out {{\n  type filter hook output priority 0;\n"
+             f"  ip daddr {deployed.address} tcp dport 22 tcp flags & (syn | ack) == syn counter\n"
+             " }\n}\n")
+    subprocess.run(["nft", "-f", "-"], input=rules, text=True, check=True)
 
     def count() -> int:
-        res = conn.run("journalctl -q -t sshd -t sshd-session --no-pager | "
-                       "grep -c 'Accepted publickey' || true")
-        return int(res.out.strip() or 0)
+        out = subprocess.run(["nft", "-j", "list", "table", "ip", table], capture_output=True,
+                             text=True, check=True).stdout
+        return sum(e["rule"]["expr"][-1]["counter"]["packets"]
+                   for e in json.loads(out)["nftables"] if "rule" in e)
 
-    yield count
-    conn.close()
+    try:
+        yield count
+    finally:
+        subprocess.run(["nft", "delete", "table", "ip", table], check=False)
 
 
 def _plan(inventory: Path, *extra: str,
@@ -72,7 +80,7 @@ def test_next_run_reuses_the_connection(test_lab: TestLab, deployed: HostSpec, n
     assert stat.S_IMODE(directory.st_mode) == 0o700 and directory.st_uid == os.geteuid()
     for sock in CONTROL_DIR.glob("*.sock"):
         assert stat.S_IMODE(sock.lstat().st_mode) == 0o600
-    after_first = logins()  # the run's own login and the control process's
+    after_first = logins()  # the run's own connection and the control process's
     assert after_first == before + 2, (before, after_first)
     for _ in range(2):
         again = _plan(test_lab.inventory_path, "--stats")
@@ -89,7 +97,7 @@ def test_no_persist_leaves_nothing(test_lab: TestLab, deployed: HostSpec, no_con
     off = _plan(test_lab.inventory_path, env={"KEEL_CONTROL_PERSIST": "0"})
     assert off.returncode == 0, off.stdout + off.stderr
     time.sleep(1)  # a control process would have taken its lock at once
-    assert not _kept(deployed.address)
+    assert not _kept(deployed.address, serving=False)
 
 
 def test_idle_lifetime_is_bounded(test_lab: TestLab, deployed: HostSpec, no_control) -> None:
@@ -97,7 +105,8 @@ def test_idle_lifetime_is_bounded(test_lab: TestLab, deployed: HostSpec, no_cont
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert _wait_for(lambda: _kept(deployed.address)), "no control process was left"
     t0 = time.monotonic()
-    assert _wait_for(lambda: not _kept(deployed.address), timeout=15), "it outlived its lifetime"
+    assert _wait_for(lambda: not _kept(deployed.address, serving=False), timeout=15), \
+        "it outlived its lifetime"
     assert time.monotonic() - t0 < 10
 
 
@@ -142,7 +151,8 @@ def test_host_key_is_checked_again_for_every_run(test_lab: TestLab, deployed: Ho
     assert kept.returncode != 0 and new.returncode != 0
     assert _one_line(kept) == _one_line(new)
     assert re.fullmatch(r"lab1: host key mismatch for \S+: refusing to connect", _one_line(kept))
-    assert _wait_for(lambda: not _kept(deployed.address), timeout=5), "a refused one lives on"
+    assert _wait_for(lambda: not _kept(deployed.address, serving=False), timeout=5), \
+        "a refused one lives on"
 
 
 def test_plan_is_the_same_through_a_kept_connection(test_lab: TestLab, deployed: HostSpec, no_control,
