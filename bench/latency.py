@@ -4,12 +4,15 @@ One fresh lab host (its own lab, ``--lab``/``--subnet``) is converged by keel; A
 take it over once (their own markers); then, for each one-way delay, every
 tool's no-change run goes through the same :class:`relay.Relay` (user space,
 both directions), which also counts the round trips each tool waited for
-(SSH handshake included). keel's own ``--stats`` round trips and the fab
-process's CPU seconds and peak RSS (``getrusage``) are recorded too. Writes the
+(SSH handshake included). keel runs twice per round: as a user's next run does,
+on the SSH connection the previous run kept (``keel.control``; kept 600 s here,
+as the Ansible pipelining config's ControlPersist=600s keeps Ansible's), and with
+``--no-persist``, connecting on its own. keel's own ``--stats`` round trips and
+the fab process's CPU seconds and peak RSS (``getrusage``) are recorded too. Writes the
 "Latency" section data to ``docs/bench/latency.json`` and a plot
 ``docs/bench/provision-latency.png``; ``docs/bench/provision.md`` quotes them.
 
-    .venv/bin/python bench/latency.py [--delays-ms 0,10,25,50] [--runs 3]
+    .venv/bin/python bench/latency.py [--delays-ms 0,10,25] [--runs 5]
 """
 
 from __future__ import annotations
@@ -17,7 +20,10 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
+import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +33,13 @@ import yaml
 from benchlib import log
 from relay import Relay
 
-TOOLS = [pv.KEEL, pv.ANS_PIPE, pv.PYINFRA]
+KEEL_COLD = "keel (--no-persist)"
+TOOLS = [pv.KEEL, KEEL_COLD, pv.ANS_PIPE, pv.PYINFRA]
+KEEL_TOOLS = (pv.KEEL, KEEL_COLD)
 
 
-def keel_nochange(bench: pv.Bench, label: str) -> tuple[float, float, int, int]:
+def keel_nochange(bench: pv.Bench, label: str, persist: bool = True
+                  ) -> tuple[float, float, int, int]:
     """(wall s, CPU s, peak RSS KiB, --stats round trips) of one no-change ``fab deploy``.
 
     CPU (user + sys) and peak RSS are the fab process's own (getrusage, through
@@ -39,7 +48,7 @@ def keel_nochange(bench: pv.Bench, label: str) -> tuple[float, float, int, int]:
     js, usage = bench.work / "keel.json", bench.work / "keel.rusage"
     cmd = ["/usr/bin/time", "-o", str(usage), "-f", "%U %S %M", sys.executable, "-m", "fabric",
            "deploy", "--inventory", str(bench.inv), "--extra-vars", pv.LOGIN, "--stats",
-           "--json", str(js)]
+           "--json", str(js), *([] if persist else ["--no-persist"])]
     took = bl.timed(cmd, log_path=bench.logs / f"keel-{label}.log")
     user, system, rss = usage.read_text().split()[-3:]
     host = next(iter(json.loads(js.read_text())["hosts"].values()))
@@ -71,10 +80,22 @@ def relayed_inventory(bench: pv.Bench, direct: Path, relay: Relay, path: Path) -
     path.write_text(yaml.safe_dump(relayed))
 
 
+def wait_kept(port: int, timeout: float = 60) -> bool:
+    """Until keel's control process for the relay's ``port`` serves (it connects in the background)."""
+    from keel import control
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(c.get("port") == port and c["serving"] for c in control.running()):
+            return True
+        time.sleep(0.1)
+    return False
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--delays-ms", default="0,10,25,50", help="one-way delays")
-    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--delays-ms", default="0,10,25", help="one-way delays")
+    parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--lab", default="krtb", help="lab name (not another bench's)")
     parser.add_argument("--subnet", default="10.83.17.0/24")
     args = parser.parse_args()
@@ -83,15 +104,24 @@ def main() -> None:
     bins = {"ansible": bl.ensure_venv("ansible"), "pyinfra": bl.ensure_venv("pyinfra")}
     work = bl.WORK / f"latency-{args.lab}"
     work.mkdir(parents=True, exist_ok=True)
+    # keel's bytecode, as a user's first run leaves it (PYTHONDONTWRITEBYTECODE would
+    # otherwise make every timed run compile keel again); its kept connections in a
+    # directory of the bench's own, ended at the end.
+    subprocess.run([sys.executable, "-m", "compileall", "-q", "keel", "roles", "fabfile.py"],
+                   cwd=bl.ROOT, check=True)
+    control_dir = work / "control"
+    control_dir.mkdir(mode=0o700, exist_ok=True)
+    os.environ.update(KEEL_CONTROL_DIR=str(control_dir), KEEL_CONTROL_PERSIST="600")
+    from keel import control
     samples: dict[str, Any] = {"wall": {}, "turns": {}, "keel_rt": {}, "keel_cpu": {},
                                "keel_rss_kib": {}, "load": []}
-    with bl.lab_session() as lab:
+    with bl.lab_session() as lab, _ending(control, control_dir):
         bench = pv.Bench(lab, bins, work)
         bl.fresh_hosts(lab, 1, bench.inv)
         bench.prepare_vars()
         bench.run(pv.KEEL, 1, "fresh")
         bench.run(pv.KEEL, 1, "nochange-trace")  # leaves the probe trace a no-change run reads
-        for tool in TOOLS[1:]:
+        for tool in (pv.ANS_PIPE, pv.PYINFRA):
             bench.run(tool, 1, "takeover")
         direct_inv = bench.inv
         for delay in delays:
@@ -100,20 +130,27 @@ def main() -> None:
                 bench.inv = work / "inv-relay" / "lab.yml"
                 relayed_inventory(bench, direct_inv, relay, bench.inv)
                 samples["load"].append(bl.load_now())
+                # A first run connects and leaves the connection for the next ones (not timed).
+                keel_nochange(bench, f"prime-rtt{key}")
+                if not wait_kept(relay.port):
+                    log("WARNING: no kept connection: keel runs will connect on their own")
                 for _ in range(args.runs):
                     for tool in TOOLS:
                         relay.reset()
-                        if tool == pv.KEEL:
-                            took, cpu, rss, rt = keel_nochange(bench, f"nochange-rtt{key}")
-                            samples["keel_cpu"].setdefault(key, []).append(cpu)
-                            samples["keel_rss_kib"].setdefault(key, []).append(rss)
-                            samples["keel_rt"].setdefault(key, []).append(rt)
+                        if tool in KEEL_TOOLS:
+                            took, cpu, rss, rt = keel_nochange(bench, f"nochange-rtt{key}",
+                                                               persist=tool == pv.KEEL)
+                            for name, value in (("keel_cpu", cpu), ("keel_rss_kib", rss),
+                                                ("keel_rt", rt)):
+                                samples[name].setdefault(key, {}).setdefault(tool, []).append(value)
                         else:
                             took = bench.run(tool, 1, f"nochange-rtt{key}")
                         turns, _ = relay.reset()
                         samples["wall"].setdefault(key, {}).setdefault(tool, []).append(took)
                         samples["turns"].setdefault(key, {}).setdefault(tool, []).append(turns)
                         log(f"  RTT {key} ms {tool}: {took:.2f} s, {turns} round trips")
+                samples["load"][-1] += " .. " + bl.load_now()
+                control.stop_all(control_dir)
             bench.inv = direct_inv
     out = {"delays_ms_one_way": [d * 1000 for d in delays], "runs": args.runs,
            "machine": bl.machine_info(), "versions": bl.tool_versions(bins), **samples}
@@ -127,6 +164,19 @@ def main() -> None:
         row = {t: f"{bl.median(samples['wall'][k][t]):.2f}s/{bl.median(samples['turns'][k][t]):.0f}rt"
                for t in TOOLS}
         print(k, json.dumps(row))
+
+
+class _ending:
+    """Ends the bench's kept connections however the run ends."""
+
+    def __init__(self, control: Any, directory: Path) -> None:
+        self.control, self.directory = control, directory
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        self.control.stop_all(self.directory)
 
 
 if __name__ == "__main__":
