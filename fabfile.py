@@ -32,7 +32,7 @@ def bootstrap(c, inventory=None, limit=None, check=False, parallel=10, serial=0,
               stats=False, json=None, diff=False, verbose=False, extra_vars=None,
               vault_password_file=None):
     """Harden fresh hosts: packages, deploy user, firewall, sshd, time sync, hostname."""
-    cli.run(c, plays.bootstrap_play(), inventory=inventory, limit=limit,
+    cli.run(c, plays.bootstrap_play(), inventory=inventory, limit=limit, end_kept=True,
             check=check, parallel=parallel, serial=serial, max_fail=max_fail, stats=stats,
             json_path=json, diff=diff, verbose=verbose, extra_vars=extra_vars,
             vault_password_file=vault_password_file)

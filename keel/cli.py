@@ -41,8 +41,8 @@ OPTION_HELP = {
     "diff": "show diffs of changed files",
     "verbose": "show unchanged operations too",
     "extra_vars": "extra variables as JSON, highest precedence",
-    "no_persist": "close each host's SSH connection at the end (default: kept 60 s idle for the "
-                  "next run, as Ansible's ControlPersist)",
+    "no_persist": "close each host's SSH connection at the end (default: kept for the next run, "
+                  "60 s idle or $KEEL_CONTROL_PERSIST, as Ansible's ControlPersist)",
     "vault_password_file": "file with the ansible-vault password (or $ANSIBLE_VAULT_PASSWORD_FILE; "
                            "else asked for when something is encrypted)",
 }
@@ -106,12 +106,19 @@ def options(
 
 def run(c: Any, play: Play, *, inventory: str | None = None, limit: str | None = None,
         only: Callable[[HostSpec], bool] | None = None, vault_password_file: str | None = None,
-        **opts: Any) -> None:
-    """Run ``play`` on the selected hosts (those ``only`` accepts); exit non-zero if any failed."""
+        end_kept: bool = False, **opts: Any) -> None:
+    """Run ``play`` on the selected hosts (those ``only`` accepts); exit non-zero if any failed.
+
+    ``end_kept``: first end the SSH connections earlier runs kept to those hosts
+    (a play that changes how logins work must not leave an older login usable).
+    """
     hosts = [h for h in select_hosts(c, inventory, limit, vault_password_file)
              if only is None or only(h)]
     if not hosts:
         raise Exit(f"{play.name}: none of the selected hosts runs this task", code=2)
+    if end_kept:
+        addresses = {h.address for h in hosts}
+        control.stop_all(where=lambda kept: kept.get("address") in addresses)
     outcomes = run_play(hosts, play, options(c, **opts))
     if failed(outcomes):
         bad = [o for o in outcomes if o.failed or o.unreachable or o.skipped]

@@ -31,7 +31,9 @@ Safety:
   test suite for all of its own).
 
 Not used with a sudo password (asked for and typed per run), nor by ``fab
-bootstrap``, which changes how logins work.
+bootstrap``, which changes how logins work and so first ends those kept to its
+hosts. Like OpenSSH's, a kept connection outlives a change of sshd's settings
+made by other means (sshd applies them to new logins only), for its lifetime.
 """
 
 from __future__ import annotations

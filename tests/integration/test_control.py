@@ -100,6 +100,18 @@ def test_no_persist_leaves_nothing(test_lab: TestLab, deployed: HostSpec, no_con
     assert not _kept(deployed.address, serving=False)
 
 
+def test_bootstrap_ends_kept_connections(test_lab: TestLab, deployed: HostSpec,
+                                         no_control) -> None:
+    """It changes how logins work: an older login must not stay usable through a kept one."""
+    proc = _plan(test_lab.inventory_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert _wait_for(lambda: _kept(deployed.address)), "no control process was left"
+    boot = fab("bootstrap", "--check", "--limit", "lab1", inventory=test_lab.inventory_path,
+               timeout=300)
+    assert boot.returncode == 0, boot.stdout + boot.stderr
+    assert not _kept(deployed.address, serving=False)
+
+
 def test_idle_lifetime_is_bounded(test_lab: TestLab, deployed: HostSpec, no_control) -> None:
     proc = _plan(test_lab.inventory_path, env={"KEEL_CONTROL_PERSIST": "2"})
     assert proc.returncode == 0, proc.stdout + proc.stderr
