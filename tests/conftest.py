@@ -7,7 +7,9 @@ Set ``KEEL_TEST_LAB`` / ``KEEL_TEST_SUBNET`` to run two suites side by side.
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -32,8 +34,18 @@ TRIXIE_SUBNET = os.environ.get("KEEL_TEST_TRIXIE_SUBNET",
                                f"{_a}.{_b}.{(int(_c) + 100) % 256}.{_rest}")
 # The suite's `fab` runs keep their SSH connections (keel.control) as a user's would, in a
 # directory of the suite's own (mode 0700), whose control processes are ended at the end.
-CONTROL_DIR = Path(tempfile.mkdtemp(prefix="keel-control-test-"))
+# (One directory per session, though pytest imports this file twice: as conftest and as
+# tests.conftest.)
+if "KEEL_TEST_CONTROL_DIR" not in os.environ:
+    os.environ["KEEL_TEST_CONTROL_DIR"] = tempfile.mkdtemp(prefix="keel-control-test-")
+CONTROL_DIR = Path(os.environ["KEEL_TEST_CONTROL_DIR"])
 os.environ["KEEL_CONTROL_DIR"] = str(CONTROL_DIR)
+
+
+@atexit.register
+def _remove_control_dir() -> None:
+    control.stop_all(CONTROL_DIR)
+    shutil.rmtree(CONTROL_DIR, ignore_errors=True)
 
 
 def lab_leftovers(lab: Lab) -> list[str]:
