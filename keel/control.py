@@ -19,7 +19,8 @@ Safety:
   serves only peers of its own uid (``SO_PEERCRED``).
 - Bounded lifetime: it exits after ``persist`` seconds without a session
   (default 60, as Ansible's ControlPersist), after :data:`MAX_LIFETIME` in all,
-  or as soon as its SSH connection drops.
+  or as soon as its SSH connection drops, or stops being acknowledged for
+  :data:`DEAD_PEER_SECONDS` (a host that crashed or left the network).
 - Host keys: the connection was checked against known_hosts when it was made,
   with the run's policy; and before every session the control process checks
   the server's key again against the known_hosts files as they are *now*
@@ -59,6 +60,8 @@ from typing import Any
 DEFAULT_PERSIST = 60.0
 #: Whatever the use, a control process exits after this long (new ones take over).
 MAX_LIFETIME = 30 * 60.0
+#: Seconds of unacknowledged keep-alives after which a kept connection counts as dead.
+DEAD_PEER_SECONDS = 10.0
 _FRAME = struct.Struct("!cI")  # kind (o: stdout, e: stderr, x: exit), length
 
 
@@ -319,7 +322,14 @@ class _Server:
 
         self.spec, self.conn = _connect_from_params(self.params)
         self.transport = self.conn.client.get_transport()
-        self.transport.set_keepalive(15)
+        # A host that vanished (crashed, cut off) without closing TCP: the keep-alives go
+        # unacknowledged, the kernel gives up after TCP_USER_TIMEOUT, the transport ends and
+        # so does this process, so that a later run connects anew rather than waiting on a
+        # dead connection. (Through a ProxyJump the socket is a channel: no such option.)
+        self.transport.set_keepalive(5)
+        with contextlib.suppress(OSError, AttributeError):
+            self.transport.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT,
+                                           int(DEAD_PEER_SECONDS * 1000))
         self.spare = _Spare(self.transport)
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         tmp = self.directory / f"{self.name}.{os.getpid()}.tmp"

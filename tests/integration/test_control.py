@@ -122,6 +122,27 @@ def test_idle_lifetime_is_bounded(test_lab: TestLab, deployed: HostSpec, no_cont
     assert time.monotonic() - t0 < 10
 
 
+def test_a_host_that_vanishes_ends_its_kept_connection(test_lab: TestLab, deployed: HostSpec,
+                                                       no_control) -> None:
+    """A host gone without closing TCP (crash, cut cable): the kept connection notices and
+    ends, long before its idle lifetime, so the next run connects anew instead of waiting."""
+    proc = _plan(test_lab.inventory_path, env={"KEEL_CONTROL_PERSIST": "600"})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert _wait_for(lambda: _kept(deployed.address)), "no control process was left"
+    table = f"{LAB_NAME}_cut"
+    subprocess.run(["nft", "-f", "-"], check=True, text=True, input=(
+        f"table ip {table} {{\n chain out {{\n  type filter hook output priority 0;\n"
+        f"  ip daddr {deployed.address} tcp dport 22 drop\n }}\n}}\n"))
+    try:
+        gone = _wait_for(lambda: not _kept(deployed.address, serving=False),
+                         timeout=10 * control.DEAD_PEER_SECONDS)
+    finally:
+        subprocess.run(["nft", "delete", "table", "ip", table], check=False)
+    assert gone, "the kept connection outlived its host"
+    again = _plan(test_lab.inventory_path)
+    assert again.returncode == 0, again.stdout + again.stderr
+
+
 def test_a_directory_others_can_enter_is_not_used(test_lab: TestLab, deployed: HostSpec,
                                                   tmp_path: Path) -> None:
     shared = tmp_path / "shared"
