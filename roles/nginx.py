@@ -57,11 +57,38 @@ _RESTART = (
     f' ({HARDENING_DROPIN}.failed): $why" >&2; exit 1; fi'
 )
 
+# `systemctl reload nginx` returns once the master has the signal, before it has read the
+# configuration and started workers with it: a request sent right after (the deploy's
+# health gate, a client's new connection) could still meet an old worker with the old
+# configuration. So the reload is done when every worker still accepting is a new one
+# (the old ones, retitled "worker process is shutting down", accept nothing more).
+RELOAD = r"""nginx -t -q || exit 1
+# The master's children titled as accepting workers (nginx keeps its master's pid).
+workers() {
+  m=$(cat /run/nginx.pid 2>/dev/null) && [ -r "/proc/$m/task/$m/children" ] || return 1
+  for p in $(cat "/proc/$m/task/$m/children"); do
+    [ "$(tr -d '\0' < "/proc/$p/cmdline" 2>/dev/null)" = "nginx: worker process" ] &&
+      printf '%s ' "$p"
+  done
+  return 0
+}
+before=" $(workers)" || { systemctl reload nginx; exit; }  # no way to tell: as before
+systemctl reload nginx || exit 1
+i=0
+while [ $i -lt 600 ]; do
+  now=$(workers) stale=
+  for p in $now; do case "$before" in *" $p "*) stale=1 ;; esac; done
+  [ -n "$now" ] && [ -z "$stale" ] && exit 0
+  i=$((i + 1)); sleep 0.05
+done
+echo "nginx was told to reload, but no new workers took over within 30 s" >&2
+exit 1"""
+
 HANDLERS = {
     "restart nginx": lambda host: server.command(host, _RESTART, name="restart nginx (sandbox)"),
     # A restart has already loaded the new configuration.
     "reload nginx": lambda host: None if "restart nginx" in host.handled else server.command(
-        host, "nginx -t -q && systemctl reload nginx", name="nginx -t && reload"),
+        host, RELOAD, name="nginx -t && reload"),
 }
 
 

@@ -219,6 +219,7 @@ def test_uwsgi_ini_directives(app):
     assert opts["worker-reload-mercy"] == "30"
     assert opts["max-requests"] == "5000"
     assert opts["buffer-size"] == "32768"
+    assert opts["post-buffering"] == "65536"  # the body read whole: no 502 for an early answer
     assert opts["module"] == "hello:create_app()"
     # Master in /, each worker chdirs into current after fork (chain reloads load
     # the new release); the venv is the release's own, through current.
