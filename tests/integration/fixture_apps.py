@@ -15,6 +15,8 @@ from typing import Any
 
 import yaml
 
+from keel.connection import Connection
+from keel.inventory import HostSpec
 from tests.conftest import ROOT, TestLab, fab
 
 NAME = "flaskr.test"
@@ -109,3 +111,17 @@ def deploy_django(test_lab: TestLab, src: Path) -> Any:
     shutil.copy(test_lab.inventory_path, inv / "lab.yml")
     (inv / "group_vars" / "app.yml").write_text(yaml.safe_dump({"apps": [*hello, app]}))
     return fab("deploy", "--limit", "lab1", inventory=inv / "lab.yml")
+
+
+def remove_app(spec: HostSpec, name: str) -> None:
+    """Leave the host as if app ``name`` had never been deployed beside the example app:
+    its units, site, ini, /srv/<name>, user and group gone, nginx reloaded."""
+    conn = Connection.open(spec, user="deploy")
+    try:
+        conn.run(f"systemctl disable --now {name}.service {name}.socket; "
+                 f"rm -f /etc/systemd/system/{name}.* /etc/nginx/sites-enabled/{name} "
+                 f"/etc/nginx/sites-available/{name} /etc/uwsgi-apps/{name}.ini; "
+                 f"systemctl daemon-reload; systemctl reload nginx; rm -rf /srv/{name}; "
+                 f"userdel {name}; groupdel {name}; true")
+    finally:
+        conn.close()

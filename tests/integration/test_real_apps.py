@@ -26,6 +26,7 @@ from tests.integration.fixture_apps import (
     Flaskr,
     deploy_django,
     deploy_flaskr,
+    remove_app,
     titles,
 )
 
@@ -36,14 +37,7 @@ def flaskr(tmp_path_factory: pytest.TempPathFactory, test_lab: TestLab,
     app = Flaskr(tmp_path_factory.mktemp("flaskr"))
     yield app
     # Leave lab1 with the example app only.
-    conn = Connection.open(deployed, user="deploy")
-    try:
-        conn.run("systemctl disable --now flaskr.service flaskr.socket; "
-                 "rm -f /etc/systemd/system/flaskr.* /etc/nginx/sites-enabled/flaskr "
-                 "/etc/nginx/sites-available/flaskr /etc/uwsgi-apps/flaskr.ini; "
-                 "systemctl daemon-reload; systemctl reload nginx; rm -rf /srv/flaskr")
-    finally:
-        conn.close()
+    remove_app(deployed, "flaskr")
 
 
 def _fab(test_lab: TestLab, app: Flaskr, *args: str):
@@ -244,11 +238,7 @@ def test_a_src_layout_project_is_imported_from_its_release(test_lab: TestLab, de
         assert proc.returncode == 0, proc.stdout[-3000:]
         assert Browser(deployed.address, "shop.test").request("/") == (200, "shop from src")
     finally:
-        _host(deployed, "systemctl disable --now shop.service shop.socket; "
-                        "rm -f /etc/systemd/system/shop.* /etc/nginx/sites-enabled/shop "
-                        "/etc/nginx/sites-available/shop /etc/uwsgi-apps/shop.ini; "
-                        "systemctl daemon-reload; systemctl reload nginx; rm -rf /srv/shop; "
-                        "userdel shop; groupdel shop; true")
+        remove_app(deployed, "shop")
 
 
 @pytest.fixture(scope="module")
@@ -257,10 +247,7 @@ def mysite(tmp_path_factory: pytest.TempPathFactory, test_lab: TestLab,
     src = tmp_path_factory.mktemp("mysite") / "mysite"
     shutil.copytree(ROOT / "tests" / "apps" / "mysite", src)
     yield src
-    _host(deployed, "systemctl disable --now mysite.service mysite.socket; "
-                    "rm -f /etc/systemd/system/mysite.* /etc/nginx/sites-enabled/mysite "
-                    "/etc/nginx/sites-available/mysite /etc/uwsgi-apps/mysite.ini; "
-                    "systemctl daemon-reload; systemctl reload nginx; rm -rf /srv/mysite")
+    remove_app(deployed, "mysite")
 
 
 def test_stock_django_deploys_unchanged_and_keeps_its_data(test_lab: TestLab, deployed: HostSpec,
