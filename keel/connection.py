@@ -51,14 +51,19 @@ READY = b"KEEL-AGENT-READY\n"
 #: ``b"<rc> <len(script)> <len(stdout)> <len(stderr)>\\n" + script + stdout + stderr``
 #: for each, in order (see keel.prefetch). To the sh agent it is a comment: no output.
 BATCH = "#keel-batch"
-# The agent prefers python3 (one fork per request) and falls back to POSIX sh
+# The agent prefers python3 (one process per request) and falls back to POSIX sh
 # (a handful of forks per request) on hosts without it. Neither writes to disk
-# except the sh fallback's scratch files in /dev/shm, removed on exit.
+# except the sh fallback's scratch files in /dev/shm, removed on exit. The python
+# agent imports nothing but os, select and sys (subprocess and threading would
+# cost every run ~20 ms of the host's CPU before the first request): it starts
+# each script with posix_spawn, restoring SIGPIPE and SIGXFSZ as subprocess does,
+# and feeds and drains every pipe from one poll loop, so a batch needs no threads.
 _AGENT_PY = r"""
-import os, subprocess, sys, threading
+import os, select, sys
 i, o = sys.stdin.buffer, sys.stdout.buffer
 env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C.UTF-8",
        "DEBIAN_FRONTEND": "noninteractive", "HOME": os.environ.get("HOME", "/root")}
+os.chdir("/")
 def rd(n):
     b = b""
     while len(b) < n:
@@ -67,8 +72,67 @@ def rd(n):
             sys.exit(0)
         b += c
     return b
-def sh(s, d=b""):
-    return subprocess.run(["/bin/sh", "-c", s], input=d, stdout=-1, stderr=-1, env=env, cwd="/")
+def spawn(s, fds):
+    argv = ["sh", "-c", s]
+    if hasattr(os, "posix_spawn"):
+        return os.posix_spawn("/bin/sh", argv, env, setsigdef=(13, 25), file_actions=[
+            (os.POSIX_SPAWN_DUP2, fd, n) for n, fd in enumerate(fds)])
+    import signal
+    pid = os.fork()
+    if pid == 0:
+        try:
+            signal.signal(13, signal.SIG_DFL); signal.signal(25, signal.SIG_DFL)
+            for n, fd in enumerate(fds):
+                os.dup2(fd, n)
+            os.execve("/bin/sh", argv, env)
+        finally:
+            os._exit(127)
+    return pid
+def run(jobs, limit):
+    # jobs: [(script, stdin)]; at most limit at once; [(rc, stdout, stderr) or None if not started]
+    res, todo, ends, live, poll = [None] * len(jobs), list(range(len(jobs)))[::-1], {}, 0, select.poll()
+    while todo or ends:
+        while todo and live < limit:
+            j = todo.pop(); s, d = jobs[j]; p = [os.pipe() for _ in range(3)]
+            try:
+                pid = spawn(s, (p[0][0], p[1][1], p[2][1]))
+            except OSError:
+                for fd in sum(p, ()):
+                    os.close(fd)
+                continue
+            for fd in (p[0][0], p[1][1], p[2][1]):
+                os.close(fd)
+            job = {"j": j, "pid": pid, "open": 2, 1: [], 2: [], "in": memoryview(d)}
+            live += 1
+            for n in (1, 2):
+                ends[p[n][0]] = (job, n); poll.register(p[n][0], select.POLLIN)
+            if d:
+                os.set_blocking(p[0][1], False); ends[p[0][1]] = (job, 0)
+                poll.register(p[0][1], select.POLLOUT)
+            else:
+                os.close(p[0][1])
+        for fd, ev in poll.poll():
+            job, n = ends[fd]
+            if n == 0:
+                try:
+                    job["in"] = job["in"][os.write(fd, job["in"][:65536]):]
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    job["in"] = b""
+                if not job["in"]:
+                    poll.unregister(fd); os.close(fd); del ends[fd]
+                continue
+            b = os.read(fd, 65536)
+            if b:
+                job[n].append(b)
+                continue
+            poll.unregister(fd); os.close(fd); del ends[fd]; job["open"] -= 1
+            if not job["open"]:
+                st = os.waitpid(job["pid"], 0)[1]; live -= 1
+                rc = -os.WTERMSIG(st) if os.WIFSIGNALED(st) else os.WEXITSTATUS(st)
+                res[job["j"]] = (rc, b"".join(job[1]), b"".join(job[2]))
+    return res
 def batch(path):
     try:
         data = open(path, "rb").read()
@@ -78,18 +142,10 @@ def batch(path):
     while k < len(data):
         nl = data.index(b"\n", k); n = int(data[k:nl]); scripts.append(data[nl + 1:nl + 1 + n])
         k = nl + 1 + n
-    done, gate = [None] * len(scripts), threading.BoundedSemaphore(2 * (os.cpu_count() or 1))
-    def work(j):
-        with gate:
-            try:
-                done[j] = sh(scripts[j])
-            except OSError:  # left out: the controller sends it again on its own
-                pass
-    ts = [threading.Thread(target=work, args=(j,)) for j in range(len(scripts))]
-    for t in ts: t.start()
-    for t in ts: t.join()
-    return b"".join(b"%d %d %d %d\n" % (p.returncode, len(s), len(p.stdout), len(p.stderr))
-                    + s + p.stdout + p.stderr for s, p in zip(scripts, done) if p)
+    # Left out when it could not start: the controller sends it again on its own.
+    return b"".join(b"%d %d %d %d\n" % (r[0], len(s), len(r[1]), len(r[2])) + s + r[1] + r[2]
+                    for s, r in zip(scripts, run([(s, b"") for s in scripts], 2 * (os.cpu_count() or 1)))
+                    if r)
 o.write(b"KEEL-AGENT-READY\n"); o.flush()
 while True:
     h = i.readline()
@@ -101,8 +157,8 @@ while True:
         out = batch(s[12:].split(b"\n")[0].decode())
         o.write(b"0 %d 0\n" % len(out) + out)
     else:
-        p = sh(s, d)
-        o.write(b"%d %d %d\n" % (p.returncode, len(p.stdout), len(p.stderr)) + p.stdout + p.stderr)
+        r = run([(s, d)], 1)[0] or (127, b"", b"keel agent: cannot start /bin/sh\n")
+        o.write(b"%d %d %d\n" % (r[0], len(r[1]), len(r[2])) + r[1] + r[2])
     o.flush()
 """
 _AGENT_SH = r"""
