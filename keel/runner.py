@@ -33,7 +33,7 @@ from keel import lock
 from keel.connection import Connection, Request
 from keel.errors import HostError, KeelError, UnreachableError
 from keel.facts import FACTS_SCRIPT, Facts
-from keel.host import Host
+from keel.host import Host, template_environment
 from keel.inventory import HostSpec
 from keel.operation import Result
 from keel.output import Reporter, mask, secret_values
@@ -238,7 +238,10 @@ def run_play(
                 reporter.error(h.name, outcomes[-1].error)
             continue
         with ThreadPoolExecutor(max_workers=max(1, min(opts.parallel, len(batch)))) as pool:
-            done = list(pool.map(lambda s: run_host(s, play, opts, reporter, body), batch))
+            running = [pool.submit(run_host, s, play, opts, reporter, body) for s in batch]
+            # While the hosts' first requests travel: Jinja2 and the templates' environment.
+            template_environment(play.template_dirs)
+            done = [f.result() for f in running]
         outcomes += done
         if sum(1 for o in done if o.failed or o.unreachable) > opts.max_fail and opts.serial:
             stop = True
