@@ -19,7 +19,11 @@ test: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest
 
+# keel's own modules byte-compiled, as pip compiles an installed package's (a
+# no-change run would otherwise compile them again each time PYTHONDONTWRITEBYTECODE
+# is set, ~0.1 s); compileall skips what is up to date.
 setup: $(STAMP)
+	@$(VENV)/bin/python -m compileall -q keel roles fabfile.py
 
 $(STAMP): requirements.lock pyproject.toml
 	@dpkg -s $(APT_PACKAGES) >/dev/null 2>&1 || { \
