@@ -62,7 +62,8 @@ _AGENT_PY = r"""
 import os, select, sys
 i, o = sys.stdin.buffer, sys.stdout.buffer
 env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C.UTF-8",
-       "DEBIAN_FRONTEND": "noninteractive", "HOME": os.environ.get("HOME", "/root")}
+       "DEBIAN_FRONTEND": "noninteractive", "HOME": os.environ.get("HOME", "/root"),
+       "KEEL_PYTHON_VERSION": sys.version.split()[0]}
 os.chdir("/")
 def rd(n):
     b = b""

@@ -25,7 +25,7 @@ echo "os_codename=$VERSION_CODENAME"
 echo "hostname=$(hostname)"
 echo "cpu_count=$(nproc 2>/dev/null || echo 1)"
 echo "mem_total_kb=$(awk '/^MemTotal:/ {{print $2}}' /proc/meminfo)"
-v=$(python3 -V 2>/dev/null); echo "python_version=${{v#Python }}"
+v=${{KEEL_PYTHON_VERSION:-$(python3 -V 2>/dev/null)}}; echo "python_version=${{v#Python }}"
 echo "systemd=$([ -d /run/systemd/system ] && echo yes || echo no)"
 echo "arch=$(uname -m)"
 sed 's/^/pending_handler=/' {PENDING_HANDLERS} 2>/dev/null

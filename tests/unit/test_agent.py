@@ -101,6 +101,12 @@ def test_scripts_run_in_root_dir_with_the_agents_environment_only(agent: Agent) 
     assert (rc, out) == (0, b"/\nC.UTF-8|/root|unset\n")
 
 
+def test_scripts_get_the_agents_python_version_as_python_v_prints_it(agent: Agent) -> None:
+    # keel.facts reads it instead of starting python3 -V (venv ids depend on it).
+    version = subprocess.run([sys.executable, "-V"], capture_output=True, text=True).stdout
+    assert agent.run('echo "Python $KEEL_PYTHON_VERSION"') == (0, version.encode(), b"")
+
+
 def test_a_batch_answers_every_script_in_order(agent: Agent, tmp_path: Path) -> None:
     scripts = [f"sleep 0.0{i % 3}; echo {i}; echo e{i} >&2; exit {i % 4}".encode() for i in range(12)]
     (tmp_path / "trace").write_bytes(b"".join(b"%d\n" % len(s) + s for s in scripts))
