@@ -64,7 +64,12 @@ class Relay:
             self._loop.run_forever()
         finally:
             self._server.close()
+            # Connections still open (a kept SSH connection) end here, quietly.
+            tasks = asyncio.all_tasks(self._loop)
+            for task in tasks:
+                task.cancel()
             with contextlib.suppress(Exception):
+                self._loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
                 self._loop.run_until_complete(self._server.wait_closed())
             self._loop.close()
 
@@ -80,9 +85,13 @@ class Relay:
             with contextlib.suppress(OSError):
                 sock.setsockopt(6, 1, 1)  # TCP_NODELAY: the delay is ours alone
         state = {"client_sent": False}
-        await asyncio.gather(self._pipe(client_r, server_w, state, upstream=True),
-                             self._pipe(server_r, client_w, state, upstream=False),
-                             return_exceptions=True)
+        try:
+            await asyncio.gather(self._pipe(client_r, server_w, state, upstream=True),
+                                 self._pipe(server_r, client_w, state, upstream=False),
+                                 return_exceptions=True)
+        except asyncio.CancelledError:  # the relay is closing: end this connection quietly
+            for w in (client_w, server_w):
+                w.close()
 
     async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                     state: dict[str, bool], upstream: bool) -> None:
