@@ -9,10 +9,11 @@ on the SSH connection the previous run kept (``keel.control``; kept 600 s here,
 as the Ansible pipelining config's ControlPersist=600s keeps Ansible's), and with
 ``--no-persist``, connecting on its own. keel's own ``--stats`` round trips and
 the fab process's CPU seconds and peak RSS (``getrusage``) are recorded too. Writes the
-"Latency" section data to ``docs/bench/latency.json`` and a plot
-``docs/bench/provision-latency.png``; ``docs/bench/provision.md`` quotes them.
+report ``docs/bench/latency.md`` (medians, ratios, every round, the targets), its data
+``docs/bench/latency.json`` and a plot ``docs/bench/provision-latency.png``;
+``docs/bench/provision.md`` quotes them.
 
-    .venv/bin/python bench/latency.py [--delays-ms 0,10,25] [--runs 5]
+    .venv/bin/python bench/latency.py [--delays-ms 0,10,20,25,50] [--runs 5]
 """
 
 from __future__ import annotations
@@ -94,7 +95,8 @@ def wait_kept(port: int, timeout: float = 60) -> bool:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--delays-ms", default="0,10,25", help="one-way delays")
+    parser.add_argument("--delays-ms", default="0,10,20,25,50",
+                        help="one-way delays in ms (RTT 0, 20, 40, 50 and 100 ms)")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--lab", default="krtb", help="lab name (not another bench's)")
     parser.add_argument("--subnet", default="10.83.17.0/24")
@@ -164,6 +166,79 @@ def main() -> None:
         row = {t: f"{bl.median(samples['wall'][k][t]):.2f}s/{bl.median(samples['turns'][k][t]):.0f}rt"
                for t in TOOLS}
         print(k, json.dumps(row))
+    (bl.DOCS / "latency.md").write_text(report(out, " ".join(sys.argv[1:])))
+    log(f"wrote {bl.DOCS / 'latency.md'}")
+
+
+#: Issue 14's targets, at this RTT (ms): keel (kept connection) at most this many seconds,
+#: and at least this many times faster than pyinfra.
+TARGET_RTT, TARGET_S, TARGET_X = "50", 0.6, 10.0
+
+
+def report(data: dict[str, Any], args: str) -> str:
+    """``docs/bench/latency.md`` from a run's data: medians, ratios per round, the targets."""
+    wall, turns = data["wall"], data["turns"]
+    med = {k: {t: bl.median(v) for t, v in tools.items()} for k, tools in wall.items()}
+    rows = []
+    for k, m in med.items():
+        rows.append([f"{k} ms", *(f"{m[t]:.2f} s, {bl.median(turns[k][t]):.0f}" for t in TOOLS),
+                     f"{m[pv.ANS_PIPE] / m[pv.KEEL]:.1f}x", f"{m[pv.PYINFRA] / m[pv.KEEL]:.1f}x",
+                     f"{m[pv.PYINFRA] / m[KEEL_COLD]:.1f}x"])
+    cpu = [[f"{k} ms", *(f"{bl.median(data['keel_cpu'][k][t]):.2f} CPU-s, "
+                         f"{bl.median(data['keel_rss_kib'][k][t]) / 1024:.1f} MiB, "
+                         f"{bl.median(data['keel_rt'][k][t]):.0f}" for t in KEEL_TOOLS)]
+           for k in wall]
+    lines = [
+        "# Latency: no-change deploy of one host over a delaying relay",
+        "",
+        f"Written by `bench/latency.py {args}` (raw data: `latency.json`, plot:",
+        "`provision-latency.png`). One lab host converged by keel and taken over once by",
+        "Ansible (pipelining, ControlPersist=600s) and pyinfra; then per RTT, rounds of one",
+        "no-change run of each tool side by side, all through `bench/relay.py` (user space,",
+        "the delay added each way). keel runs on the SSH connection its previous run kept",
+        "(600 s here, as Ansible's) and with `--no-persist`. Wall time of the whole command,",
+        "start-up included; round trips as the relay counted them (the SSH handshake",
+        "included; on a kept connection also the control process opening the next run's",
+        "channel, which nothing waits for).",
+        "",
+        bl.md_kv({**data["machine"], **data["versions"],
+                  "load average per RTT (start .. end)": "; ".join(data["load"])}),
+        "",
+        "## Medians, round trips and ratios",
+        "",
+        bl.md_table(["RTT", "keel, kept connection", "keel, new connection", "Ansible (pipelining)",
+                     "pyinfra", "Ansible ÷ keel", "pyinfra ÷ keel", "pyinfra ÷ keel (new)"], rows),
+        "",
+        "keel's fab process per run (medians: user + sys CPU seconds and peak RSS from",
+        "getrusage, start-up included; round trips by `--stats`):",
+        "",
+        bl.md_table(["RTT", "kept connection", "new connection"], cpu),
+        "",
+        "## Every round",
+        "",
+    ]
+    for k in wall:
+        rounds = list(zip(wall[k][pv.KEEL], wall[k][KEEL_COLD], wall[k][pv.ANS_PIPE],
+                          wall[k][pv.PYINFRA], strict=True))
+        lines += [f"RTT {k} ms:", "", bl.md_table(
+            ["round", "keel, kept", "keel, new", "Ansible", "pyinfra", "pyinfra ÷ keel"],
+            [[i + 1, *(f"{x:.2f} s" for x in r), f"{r[3] / r[0]:.1f}x"]
+             for i, r in enumerate(rounds)]), ""]
+    if TARGET_RTT in med:
+        m, w = med[TARGET_RTT], wall[TARGET_RTT]
+        within = sum(1 for x in w[pv.KEEL] if x <= TARGET_S)
+        ahead = sum(1 for a, b in zip(w[pv.KEEL], w[pv.PYINFRA], strict=True) if b / a >= TARGET_X)
+        n = len(w[pv.KEEL])
+        ok_s, ok_x = m[pv.KEEL] <= TARGET_S, m[pv.PYINFRA] / m[pv.KEEL] >= TARGET_X
+        lines += [
+            f"## Targets at {TARGET_RTT} ms RTT (issue 14)", "",
+            f"- keel ≤ {TARGET_S} s: {'met' if ok_s else 'missed'} ({m[pv.KEEL]:.2f} s median on a "
+            f"kept connection; {within} of {n} rounds within it; new connection "
+            f"{m[KEEL_COLD]:.2f} s).",
+            f"- ≥ {TARGET_X:g}x faster than pyinfra: {'met' if ok_x else 'missed'} "
+            f"({m[pv.PYINFRA] / m[pv.KEEL]:.1f}x as a ratio of medians; {ahead} of {n} rounds "
+            f"at {TARGET_X:g}x or more).", ""]
+    return "\n".join(lines)
 
 
 class _ending:
