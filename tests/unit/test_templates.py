@@ -601,3 +601,17 @@ def test_extra_options_reach_ini_and_unit(app):
     assert ("reload-on-rss", "300") in pairs
     assert ("env", "A=1") in pairs and ("env", "B=2") in pairs
     assert ("MemoryHigh", "400M") in unit_sections(render("uwsgi.service.j2", app))["Service"]
+
+
+def test_a_changed_template_is_rendered_anew_across_runs(tmp_path: Path) -> None:
+    """Compiled templates are kept across runs (Jinja2's bytecode cache); an edit is seen."""
+    from keel.host import _environment, template_environment
+
+    (tmp_path / "t.j2").write_text("one {{ x }}\n")
+    assert template_environment([tmp_path]).get_template("t.j2").render(x=1) == "one 1\n"
+    _environment.cache_clear()  # a new run: a new environment, the same cache on disk
+    (tmp_path / "t.j2").write_text("two {{ x }}\n")
+    env = template_environment([tmp_path])
+    assert env.bytecode_cache is not None
+    assert env.get_template("t.j2").render(x=2) == "two 2\n"
+    _environment.cache_clear()
