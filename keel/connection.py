@@ -60,19 +60,39 @@ BATCH = "#keel-batch"
 # and feeds and drains every pipe from one poll loop, so a batch needs no threads.
 _AGENT_PY = r"""
 import os, select, sys
-i, o = sys.stdin.buffer, sys.stdout.buffer
 env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C.UTF-8",
        "DEBIAN_FRONTEND": "noninteractive", "HOME": os.environ.get("HOME", "/root"),
        "KEEL_PYTHON_VERSION": sys.version.split()[0]}
 os.chdir("/")
+buf, replies, stdin = bytearray(), [], select.poll()
+stdin.register(0, select.POLLIN)
+def flush():
+    data = memoryview(b"".join(replies)); replies.clear()
+    while data:
+        data = data[os.write(1, data):]
+def more():
+    # Replies wait while the next request is already here, then leave in one write: sshd
+    # does not set TCP_NODELAY for an exec session, so a small reply written right after
+    # another would wait for the network to acknowledge the first (a round trip).
+    if not stdin.poll(0):
+        flush()
+    c = os.read(0, 65536)
+    if not c:
+        try:
+            flush()
+        except OSError:  # nobody reads any more: the run is over
+            pass
+        sys.exit(0)
+    buf.extend(c)
 def rd(n):
-    b = b""
-    while len(b) < n:
-        c = i.read(n - len(b))
-        if not c:
-            sys.exit(0)
-        b += c
+    while len(buf) < n:
+        more()
+    b = bytes(buf[:n]); del buf[:n]
     return b
+def line():
+    while b"\n" not in buf:
+        more()
+    return rd(buf.index(b"\n") + 1)
 def spawn(s, fds):
     argv = ["sh", "-c", s]
     if hasattr(os, "posix_spawn"):
@@ -147,20 +167,16 @@ def batch(path):
     return b"".join(b"%d %d %d %d\n" % (r[0], len(s), len(r[1]), len(r[2])) + s + r[1] + r[2]
                     for s, r in zip(scripts, run([(s, b"") for s in scripts], 2 * (os.cpu_count() or 1)))
                     if r)
-o.write(b"KEEL-AGENT-READY\n"); o.flush()
+replies.append(b"KEEL-AGENT-READY\n")
 while True:
-    h = i.readline()
-    if not h:
-        break
-    n, m = map(int, h.split())
+    n, m = map(int, line().split())
     s = rd(n); d = rd(m)
     if s.startswith(b"#keel-batch "):
         out = batch(s[12:].split(b"\n")[0].decode())
-        o.write(b"0 %d 0\n" % len(out) + out)
+        replies.append(b"0 %d 0\n" % len(out) + out)
     else:
         r = run([(s, d)], 1)[0] or (127, b"", b"keel agent: cannot start /bin/sh\n")
-        o.write(b"%d %d %d\n" % (r[0], len(r[1]), len(r[2])) + r[1] + r[2])
-    o.flush()
+        replies.append(b"%d %d %d\n" % (r[0], len(r[1]), len(r[2])) + r[1] + r[2])
 """
 _AGENT_SH = r"""
 T=$(mktemp -d /dev/shm/keel.XXXXXX 2>/dev/null || mktemp -d) || exit 1

@@ -107,6 +107,22 @@ def test_scripts_get_the_agents_python_version_as_python_v_prints_it(agent: Agen
     assert agent.run('echo "Python $KEEL_PYTHON_VERSION"') == (0, version.encode(), b"")
 
 
+def test_replies_to_pipelined_requests_leave_in_one_write(tmp_path: Path) -> None:
+    """READY and the replies to requests sent together go out together (one SSH packet;
+    sshd's Nagle would hold a second small one for a network round trip)."""
+    requests = b"".join(b"%d 0\n" % len(s) + s for s in (b"echo a", b"echo b >&2", b"exit 3"))
+    (tmp_path / "in").write_bytes(requests)
+    count = ("import os, sys\n_write = os.write\nwrites = []\n"
+             "def write(fd, data):\n    writes.append(fd)\n    return _write(fd, data)\n"
+             "os.write = write\nimport atexit\n"
+             "atexit.register(lambda: _write(2, b'writes %d' % writes.count(1)))\n")
+    with (tmp_path / "in").open("rb") as stdin:
+        done = subprocess.run([sys.executable, "-I", "-S", "-c", count + _AGENT_PY], stdin=stdin,
+                              capture_output=True, timeout=30)
+    assert done.stdout == READY + b"0 2 0\na\n" + b"0 0 2\nb\n" + b"3 0 0\n"
+    assert done.stderr == b"writes 1"
+
+
 def test_a_batch_answers_every_script_in_order(agent: Agent, tmp_path: Path) -> None:
     scripts = [f"sleep 0.0{i % 3}; echo {i}; echo e{i} >&2; exit {i % 4}".encode() for i in range(12)]
     (tmp_path / "trace").write_bytes(b"".join(b"%d\n" % len(s) + s for s in scripts))
