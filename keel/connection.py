@@ -13,10 +13,15 @@ Wire format, both directions over the agent's stdin/stdout::
     reply:    b"<rc> <len(stdout)> <len(stderr)>\\n" + stdout + stderr
 
 The agent's start costs no round trip of its own: its exec request goes out
-without waiting for sshd's reply, and the first request rides right behind it
+without waiting for sshd's reply, and the first request follows it
 (``ready=False``; sshd handles a channel's messages in order, so the request
-reaches the agent's stdin). With ``persist``, the SSH connection itself comes
-from a control process kept from an earlier run (see :mod:`keel.control`).
+reaches the agent's stdin). On a new connection the request still waits one
+round trip, since sshd opens a session channel's window only once its command
+has started; with ``persist``, the SSH connection comes from a control process
+kept from an earlier run, which made the channel ahead (see :mod:`keel.control`),
+so the whole no-change run waits one round trip. The agent answers the requests
+it already holds in one write (sshd leaves Nagle's algorithm on for an exec
+session: a second small write would wait for an acknowledgement).
 
 Example::
 
@@ -300,7 +305,8 @@ class Connection:
         self._chan = pipe.chan if isinstance(pipe, _ChannelPipe) else None
         self._starting = True  # the agent's READY line is still to be read
         self.stats = Stats()
-        self._spawn: tuple[str, float] | None = None  # (control key, seconds) to leave behind
+        #: (control key, seconds, agent command) to leave behind for the next run.
+        self._spawn: tuple[str, float, str] | None = None
 
     # ---------------------------------------------------------------- open
     @classmethod
@@ -339,7 +345,7 @@ class Connection:
         if self is None:
             self = cls(spec, conn, _ChannelPipe(_open_channel(spec, conn, command)))
             if key is not None:
-                self._spawn = (key, persist)
+                self._spawn = (key, persist, command)
             if sudo_password is not None and conn.user != "root":
                 self._pipe.send(sudo_password.encode() + b"\n")
                 self._await_sudo()
@@ -452,8 +458,10 @@ class Connection:
             self.fabric.close()
             if self._spawn is not None:
                 # Only after a run that got this far: a host that refused us gets none.
-                control.spawn(self._spawn[0], _control_params(self.spec, self.fabric.user),
-                              self._spawn[1])
+                key, persist, command = self._spawn
+                # The agent command too: the next run's channel is made with it, ahead.
+                control.spawn(key, {**_control_params(self.spec, self.fabric.user),
+                                    "command": command}, persist)
                 self._spawn = None
 
 

@@ -5,10 +5,12 @@ A run with ``persist`` (``fab deploy`` and ``fab plan``; ``--no-persist`` or
 host, a *control process* behind: a detached ``python -m keel.control`` that
 makes the same SSH connection (same user, key, ``~/.ssh/config``, host-key
 policy) and holds it. The next run asks it over a unix socket for a session:
-the control process sends the agent's exec on a session channel it opened in
-advance and relays the agent's stdio, so the run pays no TCP, key exchange,
-authentication or channel round trip. Each run still starts its own agent
-(and ``sudo``); nothing privileged outlives a run.
+the control process starts the agent on a session channel it made in advance
+and relays the agent's stdio, so the run pays no TCP, key exchange,
+authentication or channel round trip, nor the one sshd makes a command's
+input wait: the channel's command (a shell of the login user that waits for
+one line, then execs the agent command) was started ahead too. Each run still
+starts its own agent (and ``sudo``); nothing privileged outlives a run.
 
 Safety:
 
@@ -282,30 +284,64 @@ def _alive(pid: int) -> bool:
 
 # ------------------------------------------------------------------ server
 class _Spare:
-    """One session channel opened ahead, so a session costs no channel-open round trip."""
+    """One session channel made ahead, so a session costs no round trip before the agent's.
+
+    The channel is opened and its command started ahead too: sshd opens a session
+    channel's window only once its command has started, so data sent right behind
+    an exec waits a network round trip; ahead of time, that wait is paid between
+    runs. The command started ahead is unprivileged: :func:`warm_command` waits
+    for one line, then execs the run's agent command (``sudo`` and the agent
+    start within the run; between runs only a shell of the login user waits, and
+    it exits when the connection ends). A run whose command differs from the one
+    waiting gets a channel of its own, started on the spot.
+    """
 
     def __init__(self, transport: Any) -> None:
         self.transport = transport
+        self.command: str | None = None
         self._chan: Any = None
         self._lock = threading.Lock()
-        self.refill()
 
-    def refill(self) -> None:
-        threading.Thread(target=self._open, daemon=True).start()
+    def refill(self, command: str | None = None) -> None:
+        """Make the next channel ahead, for ``command`` (default: the last one taken)."""
+        self.command = command or self.command
+        if self.command is not None:
+            threading.Thread(target=self._open, args=(self.command,), daemon=True).start()
 
-    def _open(self) -> None:
+    def _open(self, command: str) -> None:
         with self._lock:
             if self._chan is None or self._chan.closed:
                 with contextlib.suppress(Exception):
-                    self._chan = self.transport.open_session(timeout=10)
+                    chan = self.transport.open_session(timeout=10)
+                    chan.exec_command(warm_command(command))
+                    self._chan = chan
 
-    def take(self) -> Any:
+    def take(self, command: str) -> Any:
+        """A channel running ``command`` (with its window open, if it was made ahead)."""
         with self._lock:
             chan, self._chan = self._chan, None
-        if chan is None or chan.closed:
+        if chan is not None and not chan.closed and command == self.command:
+            chan.sendall(b"go\n")
+        else:
+            if chan is not None:
+                chan.close()
+            from keel.connection import exec_nowait
+
             chan = self.transport.open_session(timeout=10)
-        self.refill()
+            exec_nowait(chan, command)
+        self.command = command  # the next one is made when this session ends (not during it)
         return chan
+
+
+def warm_command(command: str) -> str:
+    """``command``, started once a line arrives on its stdin (or never, on EOF).
+
+    >>> warm_command("sudo -n true")
+    "sh -c 'IFS= read -r go || exit 0; exec sudo -n true'"
+    """
+    import shlex
+
+    return "sh -c " + shlex.quote(f"IFS= read -r go || exit 0; exec {command}")
 
 
 class _Server:
@@ -331,6 +367,8 @@ class _Server:
             self.transport.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT,
                                            int(DEAD_PEER_SECONDS * 1000))
         self.spare = _Spare(self.transport)
+        if self.params.get("command"):
+            self.spare.refill(str(self.params["command"]))
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         tmp = self.directory / f"{self.name}.{os.getpid()}.tmp"
         old_umask = os.umask(0o177)
@@ -400,10 +438,9 @@ class _Server:
             with self.mutex:
                 self.active -= 1
                 self.idle_since = time.monotonic()
+            self.spare.refill()
 
     def _relay(self, client: socket.socket) -> None:
-        from keel.connection import exec_nowait
-
         creds = client.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
         if struct.unpack("3i", creds)[1] != os.geteuid():
             return
@@ -414,8 +451,7 @@ class _Server:
             client.sendall(b"refused " + problem.encode() + b"\n")
             self.persist = 0  # never serve this connection again
             return
-        chan = self.spare.take()
-        exec_nowait(chan, str(request["command"]))
+        chan = self.spare.take(str(request["command"]))
         client.sendall(b"ok\n")
         send_lock = threading.Lock()
 

@@ -15,8 +15,10 @@ import pytest
 import yaml
 
 from keel import control
+from keel.connection import Connection
 from keel.inventory import HostSpec
 from tests.conftest import CONTROL_DIR, LAB_NAME, TestLab, fab
+from tests.integration.conftest import run_ok
 
 # A throwaway ed25519 key: what a host would present after a reinstall.
 OTHER_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPQKfios5SVGi1I4VjGPaGzC6+dehIdcxwPcqghduIFX"
@@ -89,6 +91,42 @@ def test_next_run_reuses_the_connection(test_lab: TestLab, deployed: HostSpec, n
     fresh = _plan(test_lab.inventory_path, "--no-persist")
     assert fresh.returncode == 0, fresh.stdout + fresh.stderr
     assert logins() == after_first + 1
+
+
+def test_the_next_runs_channel_waits_unprivileged(test_lab: TestLab, deployed: HostSpec,
+                                                  no_control, root: Connection) -> None:
+    """Made ahead so that a run waits no round trip for sshd to start its command; between
+    runs only a shell of the login user waits there, and another command gets its own channel."""
+    proc = _plan(test_lab.inventory_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert _wait_for(lambda: _kept(deployed.address)), "no control process was left"
+
+    def processes() -> list[tuple[str, str]]:
+        # Not this fixture's own agent, nor the sudo and sh above it.
+        out = run_ok(root, "p=$$; while [ \"$p\" -gt 1 ]; do printf '%s ' $p; "
+                           "p=$(ps -o ppid= -p $p | tr -d ' '); done; echo; "
+                           "ps -eo pid=,user=,args=").splitlines()
+        ours = set(out[0].split())
+        return [(user, args) for pid, user, args in (ln.split(None, 2) for ln in out[1:])
+                if pid not in ours]
+
+    def waiting() -> list[tuple[str, str]]:
+        return [p for p in processes() if "IFS= read -r go" in p[1]]
+
+    assert _wait_for(waiting), "no channel was made ahead for the next run"
+    assert {user for user, _ in waiting()} == {"deploy"}
+    assert _wait_for(lambda: not [p for p in processes()
+                                  if p[0] == "root" and "b64decode" in p[1]]), \
+        "a privileged agent outlived its run"
+    again = _plan(test_lab.inventory_path, "--stats")
+    assert again.returncode == 0, again.stdout + again.stderr
+    name = next(CONTROL_DIR.glob("*.sock")).stem
+    pipe = control.session(name, "echo another command", 10)
+    assert pipe is not None
+    try:
+        assert pipe.readline() == b"another command\n"
+    finally:
+        pipe.close()
 
 
 def test_no_persist_leaves_nothing(test_lab: TestLab, deployed: HostSpec, no_control) -> None:
