@@ -42,9 +42,16 @@ def q(value: object) -> str:
 
 @dataclass(frozen=True)
 class Probe:
-    """A read-only script whose output describes the current state."""
+    """A read-only script whose output describes the current state.
+
+    ``then``: the change the operation makes unless the probe prints exactly
+    ``done`` (a guard). When the probe's answer is not at hand, the engine may
+    send both in one request (the host runs ``then`` only if the guard says so),
+    saving the round trip between them; the operation still decides as usual.
+    """
 
     script: str
+    then: Change | None = field(default=None, compare=False)
 
 
 @dataclass

@@ -72,6 +72,9 @@ class Prefetcher:
         self._pos = 0  # how far this run has come along ``expected``
         self._deferred: list[Request] = []
         self._on_track = True  # the last probe read was one the trace expected
+        #: Values that changed since the last run (old -> new), learned from probes that
+        #: came back with new values in them; applied to the expected probes sent ahead.
+        self._renamed: dict[str, str] = {}
         self.prefetched = 0
         self.hits = 0
 
@@ -92,18 +95,51 @@ class Prefetcher:
 
     def read(self, script: str) -> CommandResult:
         """A read-only script's result: from the current batch if it ran there, else sent now."""
-        if script not in self._seen:
-            self._seen.add(script)
-            self.trace.append(script)
-        on_track = self._on_track = script in self.expected[self._pos:]
-        if on_track:
-            self._pos = self.expected.index(script, self._pos) + 1
+        on_track = self._track(script)
         cached = self._cache.get(script)
         if cached is not None:
             self.hits += 1
             return cached
         # Still expected but not in hand (a change came in between): the rest with it.
         return self._send([Request(script)], clear=False, window=None if on_track else 0)[0]
+
+    def _predict(self, script: str) -> str:
+        """An expected probe as this run will likely read it (its old values renamed)."""
+        if not self._renamed:
+            return script
+        return _VALUE.sub(lambda m: self._renamed.get(m.group(), m.group()), script)
+
+    def at_hand(self, script: str) -> bool:
+        """Whether ``script``'s result is in the current batch (a read would cost nothing)."""
+        return script in self._cache
+
+    def write_guarded(self, guard: str, script: str, stdin: bytes = b"",
+                      commands: int = 1) -> CommandResult:
+        """``script`` runs ``guard`` and, unless it says done, a change (see keel.host): one
+        request where a read and a write would be two. ``guard`` goes into the trace as a
+        read would, so that the next run finds it in its batch."""
+        self._track(guard)
+        return self.write(script, stdin, commands)
+
+    def _track(self, script: str) -> bool:
+        """Note a probe this run reads; whether the last run read it here too (on track)."""
+        if script not in self._seen:
+            self._seen.add(script)
+            self.trace.append(script)
+        on_track = script in self.expected[self._pos:]
+        if on_track:
+            self._pos = self.expected.index(script, self._pos) + 1
+        elif self._pos < len(self.expected) and _shape(script) == _shape(self.expected[self._pos]):
+            # The probe the last run read here, with new values in it (a new checksum, a
+            # marker named after new settings, a new release): still on track, and the later
+            # probes that held the old values are sent ahead with the new ones.
+            old = _VALUE.findall(self.expected[self._pos])
+            self._renamed.update((a, b) for a, b in zip(old, _VALUE.findall(script), strict=True)
+                                 if a != b)
+            self._pos += 1
+            on_track = True
+        self._on_track = on_track
+        return on_track
 
     def write(self, script: str, stdin: bytes = b"", commands: int = 1) -> CommandResult:
         """A script that may change the host; the next expected probes ride behind it
@@ -128,7 +164,7 @@ class Prefetcher:
             self._cache.clear()  # whatever they do, older reads may be stale now
         upcoming: list[str] = []
         size = 0
-        for script in dict.fromkeys(self.expected[self._pos:]):
+        for script in dict.fromkeys(map(self._predict, self.expected[self._pos:])):
             size += len(script)
             if (window is not None and len(upcoming) >= window) or size > MAX_BATCH_BYTES:
                 break
@@ -148,6 +184,14 @@ class Prefetcher:
         tmp = q(self.file + ".new")
         return Request(f"mkdir -p {STATE_DIR} && umask 077 && cat > {tmp} && "
                        f"mv -f {tmp} {q(self.file)}", blob, commands=0)
+
+
+_VALUE = re.compile(r"[0-9a-f]{12,}")
+
+
+def _shape(script: str) -> str:
+    """A probe with its hex values (checksums, release ids, marker digests) blanked out."""
+    return _VALUE.sub("#", script)
 
 
 def _parse(out: bytes) -> list[tuple[str, CommandResult]]:

@@ -157,11 +157,12 @@ def command(
         guards.append(f"[ -e {q(creates)} ]")
     if unless:
         guards.append(f"( {unless} ) >/dev/null 2>&1")
-    if guards:
-        res = yield Probe(" || ".join(guards) + " && echo done || echo todo")
-        if res.out.strip() == "done":
-            return NoChange("guard says done")
     run = cmd if not chdir else f"cd {q(chdir)} && {cmd}"
     if user:
         run = f"runuser -u {q(user)} -- sh -c {q(run)}"
-    return Change([run], "ran")
+    change = Change([run], "ran")
+    if guards:
+        res = yield Probe(" || ".join(guards) + " && echo done || echo todo", then=change)
+        if res.out.strip() == "done":
+            return NoChange("guard says done")
+    return change

@@ -71,6 +71,37 @@ def test_second_deploy_changes_nothing_and_restarts_nothing(
     assert _main_pid(deployed) == pid
 
 
+def test_a_run_with_changes_costs_about_a_round_trip_per_change(
+        test_lab: TestLab, deployed: HostSpec) -> None:
+    """A new env value: written, snapshot, pre_start, canary, env swapped in, restart.
+
+    Each change is one round trip, with the probes expected after it riding behind; a
+    guard whose answer was not at hand (a marker named after the new settings) rides
+    with its command. On top: the first request, the first probe with the new value,
+    one fetch of the probes past a change's window, the health gate and the lock's
+    release (16 round trips for these 6 changes before guards rode with their commands
+    and new values were predicted)."""
+    host_vars = test_lab.inventory_path.parent / "host_vars"
+    host_vars.mkdir(exist_ok=True)
+    app = {"name": "hello", "source": "app", "module": "hello:create_app()",
+           "env": {"APP_SECRET_KEY": "lab-only-secret-change-me", "EXTRA": "1"},
+           "pre_start": ["python -m hello.migrate"]}
+    (host_vars / "lab1.yml").write_text(json.dumps({"apps": [app]}))
+    try:
+        proc = fab("deploy", "--limit", "lab1", "--stats", "--json", "/dev/stdout",
+                   inventory=test_lab.inventory_path)
+        assert proc.returncode == 0, proc.stdout
+        doc = json.loads(proc.stdout[proc.stdout.index("{"):proc.stdout.rindex("}") + 1])
+        host = doc["hosts"]["lab1"]
+        assert host["changed"] == 6, [r["target"] for r in host["results"] if r["changed"]]
+        assert host["round_trips"] <= host["changed"] + 5, host["round_trips"]
+    finally:
+        (host_vars / "lab1.yml").unlink()
+        fab("deploy", "--limit", "lab1", inventory=test_lab.inventory_path, check=True)
+    code, _ = _get(deployed, "/healthz")
+    assert code == 200
+
+
 def test_verify_failure_names_host_and_problem(test_lab: TestLab, deployed: HostSpec) -> None:
     conn = Connection.open(deployed, user="deploy")
     try:
