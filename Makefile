@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 VENV := .venv
 PYTHON ?= python3
-APT_PACKAGES := systemd-container mmdebstrap nftables iproute2 openssh-client curl wrk openssl pebble
+APT_PACKAGES := python3 python3-venv systemd-container mmdebstrap nftables iproute2 openssh-client curl wrk openssl pebble
 STAMP := $(VENV)/.installed
 
 .PHONY: demo test setup lint clean
