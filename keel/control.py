@@ -46,6 +46,7 @@ import fcntl
 import hashlib
 import json
 import os
+import shlex
 import signal
 import socket
 import stat
@@ -313,7 +314,11 @@ class _Spare:
             if self._chan is None or self._chan.closed:
                 with contextlib.suppress(Exception):
                     chan = self.transport.open_session(timeout=10)
-                    chan.exec_command(warm_command(command))
+                    try:
+                        chan.exec_command(warm_command(command))
+                    except Exception:
+                        chan.close()  # not left open, counting against sshd's MaxSessions
+                        raise
                     self._chan = chan
 
     def take(self, command: str) -> Any:
@@ -339,8 +344,6 @@ def warm_command(command: str) -> str:
     >>> warm_command("sudo -n true")
     "sh -c 'IFS= read -r go || exit 0; exec sudo -n true'"
     """
-    import shlex
-
     return "sh -c " + shlex.quote(f"IFS= read -r go || exit 0; exec {command}")
 
 
