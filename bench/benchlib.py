@@ -46,15 +46,19 @@ def log(msg: str) -> None:
 
 # ------------------------------------------------------------------ venvs
 def ensure_venv(name: str) -> Path:
-    """Create (or refresh) the venv ``name`` from its pinned requirements; return its bin dir."""
+    """Create (or refresh) the venv ``name`` from its pinned requirements; return its bin dir.
+
+    Made from the interpreter that runs the bench (the controller venv's base, Debian's
+    python3 after ``make setup``), so every tool runs on the same Python build.
+    """
     path, reqs = VENVS[name]
     stamp = path / ".bench-requirements"
-    want = reqs.read_text()
+    base = os.path.realpath(getattr(sys, "_base_executable", sys.executable))
+    want = f"# python: {base}\n" + reqs.read_text()
     if stamp.exists() and stamp.read_text() == want:
         return path / "bin"
-    log(f"creating venv {path} from {reqs.name}")
-    if not (path / "bin" / "python").exists():
-        subprocess.run(["python3", "-m", "venv", str(path)], check=True)
+    log(f"creating venv {path} from {reqs.name} with {base}")
+    subprocess.run([base, "-m", "venv", "--clear", str(path)], check=True)
     subprocess.run([str(path / "bin" / "pip"), "install", "-q", "--disable-pip-version-check",
                     "-r", str(reqs)], check=True, timeout=900)
     stamp.write_text(want)
