@@ -52,10 +52,17 @@ from keel.inventory import HostSpec
 
 READY = b"KEEL-AGENT-READY\n"
 #: A request ``BATCH + " <file>"`` makes the python agent run the read-only scripts
-#: stored in ``<file>`` (each ``b"<len>\\n" + script``) concurrently, replying with
+#: stored in ``<file>``, or in the request's stdin for ``-``, (each
+#: ``b"<len>\\n" + script``) concurrently, replying with
 #: ``b"<rc> <len(script)> <len(stdout)> <len(stderr)>\\n" + script + stdout + stderr``
 #: for each, in order (see keel.prefetch). To the sh agent it is a comment: no output.
 BATCH = "#keel-batch"
+#: A script that starts with this line runs only if the last request without it
+#: exited 0; else the python agent answers ``SKIPPED`` (exit 125) without running
+#: it. To the sh agent it is a comment: the script runs anyway (the same answer,
+#: later). For reads riding behind a change: they need not wait for a failed one.
+IF_OK = "#keel-if-ok\n"
+SKIPPED = b"keel agent: skipped, the request before it failed\n"
 # The agent prefers python3 (one process per request) and falls back to POSIX sh
 # (a handful of forks per request) on hosts without it. Neither writes to disk
 # except the sh fallback's scratch files in /dev/shm, removed on exit. The python
@@ -65,6 +72,7 @@ BATCH = "#keel-batch"
 # and feeds and drains every pipe from one poll loop, so a batch needs no threads.
 _AGENT_PY = r"""
 import os, select, sys
+SKIPPED = b"keel agent: skipped, the request before it failed\n"
 env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C.UTF-8",
        "DEBIAN_FRONTEND": "noninteractive", "HOME": os.environ.get("HOME", "/root"),
        "KEEL_PYTHON_VERSION": sys.version.split()[0]}
@@ -159,9 +167,9 @@ def run(jobs, limit):
                 rc = -os.WTERMSIG(st) if os.WIFSIGNALED(st) else os.WEXITSTATUS(st)
                 res[job["j"]] = (rc, b"".join(job[1]), b"".join(job[2]))
     return res
-def batch(path):
+def batch(path, d):
     try:
-        data = open(path, "rb").read()
+        data = d if path == "-" else open(path, "rb").read()
     except OSError:
         return b""
     scripts, k = [], 0
@@ -173,15 +181,24 @@ def batch(path):
                     for s, r in zip(scripts, run([(s, b"") for s in scripts], 2 * (os.cpu_count() or 1)))
                     if r)
 replies.append(b"KEEL-AGENT-READY\n")
+last = 0
 while True:
     n, m = map(int, line().split())
     s = rd(n); d = rd(m)
+    flagged = s.startswith(b"#keel-if-ok\n")
+    if flagged and last:
+        replies.append(b"125 0 %d\n" % len(SKIPPED) + SKIPPED)
+        continue
+    if flagged:
+        s = s[12:]
     if s.startswith(b"#keel-batch "):
-        out = batch(s[12:].split(b"\n")[0].decode())
+        out = batch(s[12:].split(b"\n")[0].decode(), d)
         replies.append(b"0 %d 0\n" % len(out) + out)
     else:
         r = run([(s, d)], 1)[0] or (127, b"", b"keel agent: cannot start /bin/sh\n")
         replies.append(b"%d %d %d\n" % (r[0], len(r[1]), len(r[2])) + r[1] + r[2])
+        if not flagged:
+            last = r[0]
 """
 _AGENT_SH = r"""
 T=$(mktemp -d /dev/shm/keel.XXXXXX 2>/dev/null || mktemp -d) || exit 1

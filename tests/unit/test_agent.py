@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from keel.connection import _AGENT_PY, BATCH, READY
+from keel.connection import _AGENT_PY, BATCH, IF_OK, READY, SKIPPED
 
 
 class Agent:
@@ -131,3 +131,30 @@ def test_a_batch_answers_every_script_in_order(agent: Agent, tmp_path: Path) -> 
     assert [(r[0], r[2], r[3]) for r in results] == [
         (i % 4, b"%d\n" % i, b"e%d\n" % i) for i in range(12)]
     assert agent.batch(tmp_path / "missing") == []
+
+
+def test_reads_behind_a_failed_request_are_skipped(agent: Agent, tmp_path: Path) -> None:
+    """A script flagged IF_OK runs only if the last unflagged request exited 0; flagged
+    scripts that fail themselves do not stop the next ones."""
+    mark = tmp_path / "ran"
+    assert agent.run("exit 0") == (0, b"", b"")
+    assert agent.run(f"{IF_OK}echo a; exit 3") == (3, b"a\n", b"")
+    assert agent.run(f"{IF_OK}echo b") == (0, b"b\n", b"")
+    assert agent.run("exit 1") == (1, b"", b"")
+    assert agent.run(f"{IF_OK}touch {mark}; echo c") == (125, b"", SKIPPED)
+    assert agent.run(f"{IF_OK}echo d") == (125, b"", SKIPPED)
+    assert not mark.exists()
+    assert agent.run("true") == (0, b"", b"")
+    assert agent.run(f"{IF_OK}echo e") == (0, b"e\n", b"")
+
+
+def test_a_batch_read_from_stdin_and_skipped_behind_a_failure(agent: Agent) -> None:
+    scripts = [b"echo one", b"echo two >&2; exit 2"]
+    framed = b"".join(b"%d\n" % len(s) + s for s in scripts)
+    agent._send(f"{IF_OK}{BATCH} -\n".encode(), framed)
+    rc, blob, _ = agent._reply()
+    assert rc == 0
+    assert blob == b"0 8 4 0\necho oneone\n" + b"2 20 0 4\necho two >&2; exit 2two\n"
+    assert agent.run("exit 4") == (4, b"", b"")
+    agent._send(f"{IF_OK}{BATCH} -\n".encode(), framed)
+    assert agent._reply() == (125, b"", SKIPPED)
