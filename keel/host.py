@@ -8,6 +8,7 @@ it to operations; they never talk to the connection themselves.
 from __future__ import annotations
 
 import functools
+import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -97,24 +98,34 @@ class Host:
         return result
 
     def _probe(self, probe: Probe, notify: list[str]) -> CommandResult:
-        """The probe's answer; a guarded change whose guard is not at hand rides with it.
+        """The probe's answer; a change that depends on it rides with it when it is not at hand.
 
-        One request then asks the host to run the guard and, unless it prints
-        ``done``, the change, exactly as :meth:`_change` would send it; the
-        change's result is kept for :meth:`_change` (the operation still
-        decides, from the guard's answer, as it always does).
+        One request then asks the host to run the probe and, if ``probe.when``
+        holds for its output, the change, exactly as :meth:`_change` would send
+        it; the change's result is kept for :meth:`_change` (the operation still
+        decides, from the probe's answer, as it always does). The answer comes back
+        as the probe's output with its trailing newlines made one, and its exit code.
         """
         if probe.then is None or self.check or self.read_only or self.prefetch.at_hand(probe.script):
             return self.prefetch.read(probe.script)
         script = self._change_script(probe.then, notify)
-        guarded = (f"g=$( ( {probe.script}\n) </dev/null 2>/dev/null ); printf '%s\\n' \"$g\"\n"
-                   f"[ \"$g\" = done ] && exit 0\n( {script}\n)")
-        res = self.prefetch.write_guarded(probe.script, guarded, stdin=probe.then.stdin,
-                                          commands=len(probe.then.commands))
-        answer, _, rest = res.stdout.partition(b"\n")
-        if answer.strip() != b"done":
+        mark = f"KEEL-GUARD-{secrets.token_hex(8)}"
+        guarded = (f"g=$( ( {probe.script}\n) </dev/null 2>/dev/null ); r=$?\n"
+                   f"printf '%s\\n{mark} %s\\n' \"$g\" \"$r\"\n"
+                   f"if {probe.when}\nthen echo ran; ( {script}\n)\nelse echo skipped; fi")
+        # Counted as the probe, plus the change's commands if the host ran them.
+        res = self.prefetch.write_guarded(probe.script, guarded, stdin=probe.then.stdin)
+        answer, found, rest = (b"\n" + res.stdout).partition(f"\n{mark} ".encode())
+        rc, _, rest = rest.partition(b"\n")
+        verdict, _, rest = rest.partition(b"\n")
+        if not found or not rc.isdigit() or verdict not in (b"ran", b"skipped"):
+            why = _last_line(res.err) or f"exit {res.rc}"
+            raise OperationError(self.name, f"a probe and its change sent together gave no "
+                                            f"answer: {why}")
+        if verdict == b"ran":
             self._ran = (script, CommandResult(res.rc, rest, res.stderr))
-        return CommandResult(0, answer + b"\n", b"")
+            self.conn.stats.commands += len(probe.then.commands)
+        return CommandResult(int(rc), answer[1:] + b"\n", b"")
 
     @staticmethod
     def _change_script(change: Change, notify: list[str]) -> str:
@@ -157,6 +168,20 @@ class Host:
         if self.read_only and not stdin:
             return self.prefetch.read(script)
         return self.prefetch.write(script, stdin=stdin)
+
+    def expect(self, script: str) -> None:
+        """Say that :meth:`read_now` will read ``script`` once the changes about to be made
+        (the handlers) are done: it then rides behind each of them, no round trip of its own.
+
+        Example: ``host.expect(check); host.flush_handlers(); res = host.read_now(check)``
+        """
+        self.prefetch.expect(script)
+
+    def read_now(self, script: str) -> CommandResult:
+        """A read-only script whose answer depends on the moment (a health check): run after
+        every change made so far (never taken from the run's first batch, never left in the
+        trace for the next run's). At most one round trip; none if it rode (:meth:`expect`)."""
+        return self.prefetch.read_now(script)
 
     def would_change(self, op: Any, *args: Any, **kwargs: Any) -> bool:
         """Ask ``op`` whether it would change anything, without changing or recording it."""
@@ -225,7 +250,8 @@ class Host:
         if not self.check and (pending or unknown or self.facts.pending_handlers):
             # Nobody reads its result: it rides with the next request (at the latest, the
             # run's last). A run that dies before sending it runs the handlers again next time.
-            self.prefetch.defer(f"rm -f {PENDING_HANDLERS}")
+            # No probe reads that file: the answers in hand stay good.
+            self.prefetch.defer(f"rm -f {PENDING_HANDLERS}", clears=False)
 
     # ----------------------------------------------------------- templates
     def render(self, template: str, **extra: Any) -> str:

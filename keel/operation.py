@@ -44,14 +44,17 @@ def q(value: object) -> str:
 class Probe:
     """A read-only script whose output describes the current state.
 
-    ``then``: the change the operation makes unless the probe prints exactly
-    ``done`` (a guard). When the probe's answer is not at hand, the engine may
-    send both in one request (the host runs ``then`` only if the guard says so),
-    saving the round trip between them; the operation still decides as usual.
+    ``then``: the change the operation makes when ``when`` holds, a shell condition
+    on the probe's output ``$g`` (by default: the probe did not print exactly
+    ``done``, a guard). When the probe's answer is not at hand, the engine may send
+    both in one request (the host runs ``then`` only if ``when`` holds), saving the
+    round trip between them; the operation still decides from the answer as usual,
+    and must then make exactly that change (the engine fails the run if it does not).
     """
 
     script: str
     then: Change | None = field(default=None, compare=False)
+    when: str = field(default='[ "$g" != done ]', compare=False)
 
 
 @dataclass

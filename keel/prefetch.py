@@ -7,8 +7,10 @@ play that holds the run lock leaves its probe scripts on the host (the
 *trace*, ``/var/lib/keel/trace-<key of the play's roles>``, root only), and the next run has the
 host run them all at once, concurrently, behind its first request (facts,
 lock): one round trip. After a request that may change the host, the next few
-expected probes ride behind it. An operation's probe is answered from a batch
-only when
+expected probes (all the rest, when few are left) ride behind it, run
+concurrently, and only if the change succeeded; so do the reads the run said it
+will make after its changes (:meth:`Prefetcher.expect`: the health checks after
+the handlers). An operation's probe is answered from a batch only when
 
 - its script is exactly, character for character, one that ran there,
 - and nothing that may change the host ran after that batch: any change,
@@ -36,7 +38,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from keel.connection import BATCH, CommandResult, Connection, Request
+from keel.connection import BATCH, IF_OK, CommandResult, Connection, Request
 from keel.facts import STATE_DIR
 from keel.operation import q
 
@@ -45,6 +47,9 @@ _PLAY_NAME = re.compile(r"[A-Za-z0-9_.-]+\Z")
 #: costs the host a few ms, and a change often means the next probes differ);
 #: a probe still expected but not in hand then fetches all the rest at once.
 WINDOW = 6
+#: ... unless no more than this many are left: then they all ride (the last change
+#: of a run would otherwise cost one more round trip for the rest).
+WINDOW_ALL = 24
 #: At most this many bytes of probe scripts in one batch.
 MAX_BATCH_BYTES = 512 * 1024
 
@@ -75,6 +80,8 @@ class Prefetcher:
         #: Values that changed since the last run (old -> new), learned from probes that
         #: came back with new values in them; applied to the expected probes sent ahead.
         self._renamed: dict[str, str] = {}
+        #: Reads this run makes after its next changes (see :meth:`expect`), in order.
+        self._ahead: dict[str, None] = {}
         self.prefetched = 0
         self.hits = 0
 
@@ -102,6 +109,23 @@ class Prefetcher:
             return cached
         # Still expected but not in hand (a change came in between): the rest with it.
         return self._send([Request(script)], clear=False, window=None if on_track else 0)[0]
+
+    def expect(self, script: str) -> None:
+        """A read this run will make once the changes it is about to make are done (a health
+        check after the handlers): it rides behind each of them, so that its answer from
+        behind the last one is at hand; :meth:`read_now` takes it."""
+        self._ahead[script] = None
+
+    def read_now(self, script: str) -> CommandResult:
+        """A read whose answer depends on the moment (a health check after a restart): never
+        part of the trace (a no-change run should not run it), answered from behind the last
+        change if it rode there (:meth:`expect`), else sent on its own."""
+        self._ahead.pop(script, "")
+        cached = self._cache.pop(script, None)
+        if cached is not None:
+            self.hits += 1
+            return cached
+        return self._send([Request(script)], clear=False, window=0)[0]
 
     def _predict(self, script: str) -> str:
         """An expected probe as this run will likely read it (its old values renamed)."""
@@ -147,9 +171,13 @@ class Prefetcher:
         return self._send([Request(script, stdin, commands)],
                           window=WINDOW if self._on_track else 0)[0]
 
-    def defer(self, script: str) -> None:
-        """A write whose result nobody reads: sent in front of the next request, or at the end."""
-        self._cache.clear()
+    def defer(self, script: str, clears: bool = True) -> None:
+        """A write whose result nobody reads: sent in front of the next request, or at the end.
+
+        ``clears=False`` for one that no probe could see (keel's own bookkeeping): the
+        answers in hand stay good."""
+        if clears:
+            self._cache.clear()
         self._deferred.append(Request(script))
 
     def take_deferred(self) -> list[Request]:
@@ -162,17 +190,29 @@ class Prefetcher:
         deferred = self.take_deferred()
         if clear or deferred:
             self._cache.clear()  # whatever they do, older reads may be stale now
+        rest = list(dict.fromkeys(map(self._predict, self.expected[self._pos:])))
+        if window is not None and len(rest) <= WINDOW_ALL:
+            window = None if window else 0
         upcoming: list[str] = []
         size = 0
-        for script in dict.fromkeys(map(self._predict, self.expected[self._pos:])):
+        for script in rest:
             size += len(script)
             if (window is not None and len(upcoming) >= window) or size > MAX_BATCH_BYTES:
                 break
             if script not in self._cache and script != first[-1].script:
                 upcoming.append(script)
-        results = self.conn.run_many([*deferred, *first, *(Request(s) for s in upcoming)])
-        self._cache.update(zip(upcoming, results[len(deferred) + len(first):], strict=True))
-        self.prefetched += len(upcoming)
+        if clear:  # behind a change: the reads expected after the changes too
+            upcoming += [s for s in self._ahead if s not in upcoming and s != first[-1].script]
+        # They run concurrently (they only read), after the request before them; behind a
+        # change, only if it succeeded (the run stops there anyway).
+        riders = [Request(f"{IF_OK if clear else ''}{BATCH} -\n", _frame(upcoming),
+                          commands=0)] if upcoming else []
+        results = self.conn.run_many([*deferred, *first, *riders])
+        if riders and results[-1].ok:
+            found = [(s, r) for s, r in _parse(results[-1].stdout) if s in upcoming]
+            self._cache.update(found)
+            self.prefetched += len(found)
+            self.conn.stats.commands += len(found)
         return results[len(deferred):len(deferred) + len(first)]
 
     # --------------------------------------------------------------- trace
@@ -180,13 +220,18 @@ class Prefetcher:
         """The request that leaves this run's trace on the host, if it differs from the last."""
         if not self.file or not self.trace or self.trace == self.expected:
             return None
-        blob = b"".join(b"%d\n" % len(s.encode()) + s.encode() for s in self.trace)
+        blob = _frame(self.trace)
         tmp = q(self.file + ".new")
         return Request(f"mkdir -p {STATE_DIR} && umask 077 && cat > {tmp} && "
                        f"mv -f {tmp} {q(self.file)}", blob, commands=0)
 
 
 _VALUE = re.compile(r"[0-9a-f]{12,}")
+
+
+def _frame(scripts: Sequence[str]) -> bytes:
+    """Scripts as the batch runner reads them: ``b"<len>\\n" + script`` each."""
+    return b"".join(b"%d\n" % len(b) + b for b in (s.encode() for s in scripts))
 
 
 def _shape(script: str) -> str:

@@ -137,6 +137,12 @@ def apply(host: Host) -> None:
 
 def health_problem(host: Host, app: dict[str, Any], release: str) -> str | None:
     """Why ``release`` is not healthy through nginx right now, or None."""
+    res = host.read_now(health_script(host, app, release))
+    return None if res.ok else (res.out.strip().splitlines() or [f"exit {res.rc}"])[-1]
+
+
+def health_script(host: Host, app: dict[str, Any], release: str) -> str:
+    """The script that waits (up to ``health_timeout``) for ``release`` to answer healthy."""
     name = app["server_name"].split()[0]
     name = "localhost" if name == "_" else name
     url = f"http://127.0.0.1:{app['listen']}"
@@ -168,8 +174,7 @@ done
 [ -S {q(app['socket'])} ] || {{ echo "socket {app['socket']} is missing"; exit 1; }}
 systemctl is-active -q {q(app['unit'])} || {{ echo "{app['unit']} is not active"; exit 1; }}
 """
-    res = host.run(script)
-    return None if res.ok else (res.out.strip().splitlines() or [f"exit {res.rc}"])[-1]
+    return script
 
 
 class Gate:
@@ -180,6 +185,10 @@ class Gate:
     def apply(self, host: Host) -> None:
         if host.check:
             return
+        if host.changed or host.notified:
+            # The health checks ride behind the handlers' changes (restarts, reloads).
+            for app in apps.resolve(host):
+                host.expect(health_script(host, app, app["release"]))
         host.flush_handlers()
         if not host.changed and not host.handled:
             return  # nothing changed: nothing new to prove

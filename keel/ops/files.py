@@ -21,6 +21,12 @@ if TYPE_CHECKING:
     from keel.host import Host
 
 MAX_DIFF_BYTES = 256 * 1024
+#: Up to this size a file's content rides with its probe when the probe's answer is
+#: not at hand (one round trip for probe and write); a larger file waits for the answer.
+MAX_RIDING_BYTES = 64 * 1024
+#: On the file probe's output "$g": the content must be written (absent, or no "same").
+_CONTENT_DIFFERS = """case "$g" in notfile|*'
+same') false ;; *) true ;; esac"""
 
 
 def _mode(mode: str | int) -> str:
@@ -89,14 +95,17 @@ def file(
     """
     data = content.encode() if isinstance(content, str) else content
     want = hashlib.sha256(data).hexdigest()
-    res = yield Probe(_file_probe(path, want))
+    write = _write_commands(path, owner, group, mode, validate)
+    # The write may ride with the probe (see Probe.then): when the file is absent or its
+    # content differs, which the probe tells by printing no "same" line (nor "notfile").
+    ride = Change(write, "", stdin=data) if len(data) <= MAX_RIDING_BYTES else None
+    res = yield Probe(_file_probe(path, want), then=ride, when=_CONTENT_DIFFERS)
     lines = res.out.splitlines()
     state = lines[0] if lines else "absent"
     if state == "notfile":
         return Fail(f"{path} exists and is not a regular file")
     if state == "absent":
-        return Change(_write_commands(path, owner, group, mode, validate), "created",
-                      _diff(path, b"", data), stdin=data, secret=secret)
+        return Change(write, "created", _diff(path, b"", data), stdin=data, secret=secret)
     cur_owner, cur_group, cur_mode = state.split("|")
     cur_sha = lines[1] if len(lines) > 1 else ""
     if cur_sha != want:
@@ -104,8 +113,7 @@ def file(
         diff = (_diff(path, base64.b64decode(old[4:]), data) if old.startswith("b64:")
                 else "(old content too large to diff)" if old == "large"
                 else "(old content unreadable)")
-        return Change(_write_commands(path, owner, group, mode, validate), "content changed",
-                      diff, stdin=data, secret=secret)
+        return Change(write, "content changed", diff, stdin=data, secret=secret)
     if (cur_owner, cur_group, cur_mode) != (owner, group, _mode(mode)):
         return Change(
             [f"chown {q(owner)}:{q(group)} {q(path)}", f"chmod {_mode(mode)} {q(path)}"],
