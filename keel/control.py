@@ -207,22 +207,41 @@ def session(name: str, command: str, timeout: float) -> MuxPipe | None:
 
 
 def spawn(name: str, params: dict[str, Any], persist: float) -> None:
-    """Start a detached control process for ``params`` unless one runs (or starts) already."""
+    """Start a detached control process for ``params`` unless one runs (or starts) already.
+
+    Its lock is taken here and handed to it, and its pid written beside it, before this
+    returns: from then on :func:`running` and :func:`stop_all` see it, even while its
+    interpreter is still starting (a ``fab bootstrap`` right after a deploy ends it too).
+    """
     directory = control_dir()
-    if directory is None or _locked(directory / f"{name}.lock"):
+    if directory is None:
         return
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        [str(Path(__file__).resolve().parent.parent), os.environ.get("PYTHONPATH", "")])}
     try:
+        lock = os.open(directory / f"{name}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError:
+        return
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+            [str(Path(__file__).resolve().parent.parent), os.environ.get("PYTHONPATH", "")])}
         proc = subprocess.Popen(
-            [sys.executable, "-m", "keel.control", name], stdin=subprocess.PIPE,
+            [sys.executable, "-m", "keel.control", name, str(lock)], stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-            close_fds=True, cwd="/", env=env)
+            close_fds=True, pass_fds=(lock,), cwd="/", env=env)
+        _write_meta(directory / f"{name}.json", proc.pid, params)
         assert proc.stdin is not None
         proc.stdin.write(json.dumps({"params": params, "persist": persist}).encode())
         proc.stdin.close()
-    except OSError:
+    except OSError:  # another one runs, or starts; or it could not start
         return
+    finally:
+        os.close(lock)  # the control process holds the lock from here on
+
+
+def _write_meta(path: Path, pid: int, params: dict[str, Any]) -> None:
+    path.write_text(json.dumps({"pid": pid, "address": params["address"],
+                                "port": params["port"], "user": params["user"],
+                                "name": params["name"]}))
 
 
 def _locked(path: Path) -> bool:
@@ -489,25 +508,25 @@ class _Server:
             chan.close()
 
 
-def _serve(name: str) -> None:
+def _serve(name: str, lock: int | None = None) -> None:
+    """Serve as control process ``name``, holding ``lock`` (the fd :func:`spawn` took it on)."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     config = json.loads(sys.stdin.read())
     directory = control_dir()
     if directory is None:
         return
-    lock = os.open(directory / f"{name}.lock", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        return  # another one runs, or starts
+    if lock is None:
+        lock = os.open(directory / f"{name}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return  # another one runs, or starts
     os.umask(0o077)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     # Written before connecting, so that stop_all finds one that is still starting.
     params = config["params"]
     meta = directory / f"{name}.json"
-    meta.write_text(json.dumps({"pid": os.getpid(), "address": params["address"],
-                                "port": params["port"], "user": params["user"],
-                                "name": params["name"]}))
+    _write_meta(meta, os.getpid(), params)
     try:
         _Server(directory, name, params, float(config["persist"])).run()
     finally:
@@ -516,7 +535,7 @@ def _serve(name: str) -> None:
 
 if __name__ == "__main__":
     try:
-        _serve(sys.argv[1])
+        _serve(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else None)
     except Exception as exc:  # detached: the reason goes where the next look finds it
         with contextlib.suppress(OSError):
             log = (control_dir(create=False) or Path("/nonexistent")) / f"{sys.argv[1]}.log"
