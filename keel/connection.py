@@ -75,7 +75,9 @@ import os, select, sys
 SKIPPED = b"keel agent: skipped, the request before it failed\n"
 env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C.UTF-8",
        "DEBIAN_FRONTEND": "noninteractive", "HOME": os.environ.get("HOME", "/root"),
-       "KEEL_PYTHON_VERSION": sys.version.split()[0]}
+       "KEEL_PYTHON_VERSION": sys.version.split()[0], "KEEL_ARCH": os.uname().machine,
+       "KEEL_CPU_COUNT": str(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                             else os.cpu_count() or 1)}
 os.chdir("/")
 buf, replies, stdin = bytearray(), [], select.poll()
 stdin.register(0, select.POLLIN)

@@ -17,18 +17,25 @@ from keel.connection import CommandResult, Connection
 STATE_DIR = "/var/lib/keel"
 PENDING_HANDLERS = f"{STATE_DIR}/pending-handlers"
 
+# Shell builtins where they do, and what the python agent puts in the environment
+# (KEEL_CPU_COUNT, KEEL_ARCH, KEEL_PYTHON_VERSION): no process started under it but
+# the script's own sh, the first thing every run waits for. The commands remain for
+# the sh agent.
+
 FACTS_SCRIPT = f"""
 . /etc/os-release 2>/dev/null
 echo "os_id=$ID"
 echo "os_version=$VERSION_ID"
 echo "os_codename=$VERSION_CODENAME"
-echo "hostname=$(hostname)"
-echo "cpu_count=$(nproc 2>/dev/null || echo 1)"
-echo "mem_total_kb=$(awk '/^MemTotal:/ {{print $2}}' /proc/meminfo)"
+read -r h 2>/dev/null </proc/sys/kernel/hostname || h=$(hostname); echo "hostname=$h"
+echo "cpu_count=${{KEEL_CPU_COUNT:-$(nproc 2>/dev/null || echo 1)}}"
+m=0; while read -r k v _; do [ "$k" = MemTotal: ] && m=$v && break; done </proc/meminfo
+echo "mem_total_kb=$m"
 v=${{KEEL_PYTHON_VERSION:-$(python3 -V 2>/dev/null)}}; echo "python_version=${{v#Python }}"
-echo "systemd=$([ -d /run/systemd/system ] && echo yes || echo no)"
-echo "arch=$(uname -m)"
-sed 's/^/pending_handler=/' {PENDING_HANDLERS} 2>/dev/null
+[ -d /run/systemd/system ] && echo systemd=yes || echo systemd=no
+echo "arch=${{KEEL_ARCH:-$(uname -m)}}"
+[ ! -f {PENDING_HANDLERS} ] ||
+  while IFS= read -r l || [ -n "$l" ]; do echo "pending_handler=$l"; done <{PENDING_HANDLERS}
 true
 """
 

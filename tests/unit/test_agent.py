@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from keel.connection import _AGENT_PY, BATCH, IF_OK, READY, SKIPPED
+from keel.facts import FACTS_SCRIPT, Facts
 
 
 class Agent:
@@ -158,3 +159,16 @@ def test_a_batch_read_from_stdin_and_skipped_behind_a_failure(agent: Agent) -> N
     assert agent.run("exit 4") == (4, b"", b"")
     agent._send(f"{IF_OK}{BATCH} -\n".encode(), framed)
     assert agent._reply() == (125, b"", SKIPPED)
+
+
+def test_facts_from_the_agents_environment_are_what_the_commands_say(agent: Agent) -> None:
+    # keel.facts takes the CPU count and the architecture from the python agent's environment
+    # (no process started); the sh agent's scripts run nproc and uname -m instead.
+    rc, out, _ = agent.run(FACTS_SCRIPT)
+    plain = subprocess.run(["sh", "-c", FACTS_SCRIPT], capture_output=True, text=True,
+                           env={"PATH": "/usr/bin:/bin"}, check=True).stdout
+    assert rc == 0
+    facts, expected = Facts.parse(out.decode()), Facts.parse(plain)
+    assert facts.cpu_count == expected.cpu_count and facts.arch == expected.arch != ""
+    assert facts.hostname == expected.hostname != "" and facts.mem_total_kb > 0
+    assert (facts.os_id, facts.os_codename) == (expected.os_id, expected.os_codename)
