@@ -158,8 +158,11 @@ class Prefetcher:
             # marker named after new settings, a new release): still on track, and the later
             # probes that held the old values are sent ahead with the new ones.
             old = _VALUE.findall(self.expected[self._pos])
-            self._renamed.update((a, b) for a, b in zip(old, _VALUE.findall(script), strict=True)
-                                 if a != b)
+            for a, b in zip(old, _VALUE.findall(script), strict=True):
+                if a != b:
+                    # A digest's short form (its first 12 characters, as ids and marker
+                    # names use it) is renamed with it.
+                    self._renamed.update({a: b, a[:_SHORT]: b[:_SHORT]})
             self._pos += 1
             on_track = True
         self._on_track = on_track
@@ -227,6 +230,7 @@ class Prefetcher:
 
 
 _VALUE = re.compile(r"[0-9a-f]{12,}")
+_SHORT = 12
 
 
 def _frame(scripts: Sequence[str]) -> bytes:

@@ -156,9 +156,13 @@ def apply(host: Host) -> None:
         _once(host, app, candidate, f"import-ok-{code}",
               f"python -c {q(IMPORT_CHECK)} {q(app['module'])}",
               f"import {app['module']} in release {app['release']}")
+        # The settings' part of a marker's name stands alone: the first 12 characters
+        # of the env file's sha256, so that a run that meets the file's new checksum
+        # can foresee the markers' new names (keel.prefetch) and read them in a batch.
+        settings = _key(env)
         # The data as the live release left it, before anything of the new one may
         # change it: restored if setup or pre_start fails, and by `fab rollback`.
-        hooks = _key(env, *app["setup"], "\0", *app["pre_start"])
+        hooks = f"{settings}-{_key(*app['setup'], chr(0), *app['pre_start'])}"
         taken = f"{rel}/.keel-snapshot-{hooks}"  # holds the snapshot's path
         snap = (f"{app['snapshot_dir']}/{app['release']}.from-"
                 f"$(basename \"$(readlink {q(app['code_dir'])} || echo none)\").tar")
@@ -171,11 +175,11 @@ def apply(host: Host) -> None:
             _guarded(host, app, candidate, cmd, taken, done, guard=not rerun_setup,
                      label=f"setup: {'; '.join(app['setup'])}")
         for cmd in app["pre_start"]:
-            _guarded(host, app, candidate, cmd, taken, f"{rel}/.keel-pre-start-{_key(cmd, env)}",
+            _guarded(host, app, candidate, cmd, taken, f"{rel}/.keel-pre-start-{settings}-{_key(cmd)}",
                      guard=True, label=cmd)
         # The new unit, ini and settings, started for real beside the live service.
         script, tested = uwsgi.canary(host, app, candidate)
-        marker = f"{rel}/.keel-canary-ok-{_key(code, env, tested)}"
+        marker = f"{rel}/.keel-canary-ok-{settings}-{_key(code, tested)}"
         server.command(host, f"{script}\ntouch {q(marker)}", creates=marker,
                        name=f"{app['name']}: canary of release {app['release']}")
         # systemd reads the environment only when it starts the service.
