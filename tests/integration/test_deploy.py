@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import subprocess
 from pathlib import Path
+from typing import Any
 
 from keel.connection import Connection
 from keel.inventory import HostSpec
@@ -55,14 +56,19 @@ def test_serves_the_app_through_nginx(deployed: HostSpec) -> None:
     assert code == 200 and body
 
 
-def test_second_deploy_changes_nothing_and_restarts_nothing(
-        test_lab: TestLab, deployed: HostSpec) -> None:
-    pid = _main_pid(deployed)
+def _deploy_with_stats(test_lab: TestLab) -> dict[str, Any]:
+    """``fab deploy --stats --json`` on lab1 (must succeed): lab1's part of the JSON."""
     proc = fab("deploy", "--limit", "lab1", "--stats", "--json", "/dev/stdout",
                inventory=test_lab.inventory_path)
     assert proc.returncode == 0, proc.stdout
     doc = json.loads(proc.stdout[proc.stdout.index("{"):proc.stdout.rindex("}") + 1])
-    host = doc["hosts"]["lab1"]
+    return doc["hosts"]["lab1"]
+
+
+def test_second_deploy_changes_nothing_and_restarts_nothing(
+        test_lab: TestLab, deployed: HostSpec) -> None:
+    pid = _main_pid(deployed)
+    host = _deploy_with_stats(test_lab)
     assert host["changed"] == 0, [r for r in host["results"] if r["changed"]]
     # Facts, the run lock and every probe in one round trip (the probes the first deploy
     # left, keel.prefetch), then the lock's release: whatever the number of operations.
@@ -89,11 +95,7 @@ def test_a_run_with_changes_costs_a_round_trip_per_change_plus_two(
            "pre_start": ["python -m hello.migrate"]}
     (host_vars / "lab1.yml").write_text(json.dumps({"apps": [app]}))
     try:
-        proc = fab("deploy", "--limit", "lab1", "--stats", "--json", "/dev/stdout",
-                   inventory=test_lab.inventory_path)
-        assert proc.returncode == 0, proc.stdout
-        doc = json.loads(proc.stdout[proc.stdout.index("{"):proc.stdout.rindex("}") + 1])
-        host = doc["hosts"]["lab1"]
+        host = _deploy_with_stats(test_lab)
         assert host["changed"] == 6, [r["target"] for r in host["results"] if r["changed"]]
         assert host["round_trips"] <= host["changed"] + 2, host["round_trips"]
     except BaseException:
@@ -104,11 +106,7 @@ def test_a_run_with_changes_costs_a_round_trip_per_change_plus_two(
     # Back to settings deployed before: their snapshot, pre_start and canary markers are
     # there, and their names are foreseen from the env file's checksum (read in a batch,
     # no round trip each): the candidate, the env file and the restart.
-    proc = fab("deploy", "--limit", "lab1", "--stats", "--json", "/dev/stdout",
-               inventory=test_lab.inventory_path)
-    assert proc.returncode == 0, proc.stdout
-    doc = json.loads(proc.stdout[proc.stdout.index("{"):proc.stdout.rindex("}") + 1])
-    host = doc["hosts"]["lab1"]
+    host = _deploy_with_stats(test_lab)
     assert host["changed"] == 3, [r["target"] for r in host["results"] if r["changed"]]
     assert host["round_trips"] <= host["changed"] + 2, host["round_trips"]
     code, _ = _get(deployed, "/healthz")
