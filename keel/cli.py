@@ -27,12 +27,12 @@ from keel.runner import Play, RunOptions, failed, run_play
 from keel.vault import Passwords
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
+DEFAULT_INVENTORY = PROJECT_DIR / "inventory" / "lab.yml"
 
 # What the modules imported so far hold lives as long as the process: frozen, the
 # garbage collector never walks it again (the walk at exit alone cost a no-change
 # fab deploy ~40 ms). Again after a run, for what the run made.
 gc.freeze()
-DEFAULT_INVENTORY = PROJECT_DIR / "inventory" / "lab.yml"
 
 #: Help for the options every play task takes (``fab -h deploy``).
 OPTION_HELP = {

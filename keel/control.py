@@ -508,25 +508,17 @@ class _Server:
             chan.close()
 
 
-def _serve(name: str, lock: int | None = None) -> None:
-    """Serve as control process ``name``, holding ``lock`` (the fd :func:`spawn` took it on)."""
+def _serve(name: str, lock: int) -> None:
+    """Serve as control process ``name``, holding the fd ``lock`` (:func:`spawn` took it)."""
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     config = json.loads(sys.stdin.read())
     directory = control_dir()
     if directory is None:
         return
-    if lock is None:
-        lock = os.open(directory / f"{name}.lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            return  # another one runs, or starts
     os.umask(0o077)
-    # Written before connecting, so that stop_all finds one that is still starting.
     params = config["params"]
-    meta = directory / f"{name}.json"
-    _write_meta(meta, os.getpid(), params)
+    meta = directory / f"{name}.json"  # written by spawn, before this process started
     try:
         _Server(directory, name, params, float(config["persist"])).run()
     finally:
@@ -535,7 +527,7 @@ def _serve(name: str, lock: int | None = None) -> None:
 
 if __name__ == "__main__":
     try:
-        _serve(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else None)
+        _serve(sys.argv[1], int(sys.argv[2]))
     except Exception as exc:  # detached: the reason goes where the next look finds it
         with contextlib.suppress(OSError):
             log = (control_dir(create=False) or Path("/nonexistent")) / f"{sys.argv[1]}.log"

@@ -137,13 +137,12 @@ class Prefetcher:
         """Whether ``script``'s result is in the current batch (a read would cost nothing)."""
         return script in self._cache
 
-    def write_guarded(self, guard: str, script: str, stdin: bytes = b"",
-                      commands: int = 1) -> CommandResult:
-        """``script`` runs ``guard`` and, unless it says done, a change (see keel.host): one
-        request where a read and a write would be two. ``guard`` goes into the trace as a
-        read would, so that the next run finds it in its batch."""
+    def write_guarded(self, guard: str, script: str, stdin: bytes = b"") -> CommandResult:
+        """``script`` runs the probe ``guard`` and, if its answer calls for it, a change (see
+        keel.host): one request where a read and a write would be two. ``guard`` goes into
+        the trace as a read would, so that the next run finds it in its batch."""
         self._track(guard)
-        return self.write(script, stdin, commands)
+        return self.write(script, stdin)
 
     def _track(self, script: str) -> bool:
         """Note a probe this run reads; whether the last run read it here too (on track)."""
